@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the environment themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+OUT    ?= runs/demo
+
+.PHONY: demo test test-all lint bench env clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medaug demo --output $(OUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check medaug tests benchmarks sweeps
+	$(BIN)/python -m pytest -q --timeout 600
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 1800 -m ""
+
+lint: $(STAMP)
+	$(BIN)/ruff check medaug tests benchmarks sweeps
+
+bench: $(STAMP)
+	mkdir -p runs/bench
+	$(BIN)/python benchmarks/bench_pairs.py --json runs/bench/pairs.json
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,329 @@
+"""One source of defaults: nested dataclasses, layered with a YAML file and ``key=value`` overrides.
+
+>>> cfg = load_config(None, ["pretrain.epochs=3", "data.image_size=64"])
+>>> cfg.pretrain.epochs
+3
+
+Unknown keys are an error (listing the valid ones); values are parsed as YAML scalars and
+checked against the field's type.  ``config_to_dict`` / ``flatten`` give the resolved config
+that is saved beside every result and logged as MLflow params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medaug.errors import MedaugError
+
+
+@dataclass
+class DataConfig:
+    """Where the images and metadata are and how they are prepared."""
+
+    dataset: str = "chexpert"  # chexpert | mimic | nih | csv (the phantom is CheXpert-shaped)
+    csv: str | None = None  # the dataset's main CSV (CheXpert train.csv, MIMIC metadata, ...)
+    root: str | None = None  # image root; default: found next to the CSV
+    column_map: dict[str, str] = field(default_factory=dict)  # generic CSV: canonical -> column
+    image_size: int = 64  # cache resolution (paper: 320)
+    cache_dir: str | None = None  # default: <output>/cache
+    skip_bad_images: bool = False
+    target: str = "Pleural Effusion"
+    uncertain: str = "ignore"  # ignore | zeros | ones
+    num_loader_workers: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    """One MoCo v2 pretraining job (section 2 and Appendix B of the MedAug paper)."""
+
+    criterion: str = "patient_same_study"
+    distinct_only: bool = False
+    size_match: str | None = None
+    crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
+    negatives: str = "default"
+    reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
+    n_hard: int = 16  # m for the appended / synthetic strategies
+    arch: str = "resnet18"
+    init: str = "random"  # random | imagenet
+    weights: str | None = None  # local ImageNet weights file when init = imagenet
+    head_hidden: int = 512
+    head_dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.999
+    temperature: float = 0.2
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_milestones: list[int] = field(default_factory=lambda: [12, 18])
+    lr_gamma: float = 0.1
+    batch_size: int = 16  # per worker
+    epochs: int = 20
+    rotation: float = 10.0
+    hflip: float = 0.5
+    bn_groups: int = 2  # batch-split BN groups for the key encoder on one worker
+    num_workers: int = 1  # Ray Train workers
+    use_gpu: bool = False
+    amp: bool = True  # mixed precision (CUDA only)
+    checkpoint_every: int = 1
+    max_failures: int = 2
+    knn_k: int = 20
+    knn_every: int = 1
+    knn_bank: int = 2000  # images embedded as the kNN memory bank
+    knn_queries: int = 1000  # validation images scored by the monitor
+    max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    """The nested label-scarce evaluation (section 2.3)."""
+
+    fraction: float = 0.01
+    n_splits: int = 5
+    split_by: str = "patient"  # patient | image
+    split_seed: int = 0
+    min_per_class: int = 1
+    observations: list[str] = field(default_factory=lambda: ["Pleural Effusion"])
+    study_level: str | None = None  # None (image level) | max | mean
+    linear: bool = True
+    linear_lr: float = 3e-5
+    linear_batch_size: int = 16
+    linear_epochs: int = 95
+    linear_weight_decay: float = 0.0
+    e2e: bool = False
+    e2e_lr: float = 3e-5
+    e2e_batch_size: int = 16
+    e2e_epochs: int = 95
+    e2e_num_workers: int = 1
+    bootstrap: int = 1000
+    feature_batch_size: int = 64
+    heldout_fraction: float = 0.2  # patient-disjoint test partition when no official one
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    output: str = "runs/default"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int -> float widening allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except MedaugError as err:
+                errors.append(str(err))
+        raise MedaugError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MedaugError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise MedaugError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise MedaugError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise MedaugError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise MedaugError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    types_ = _field_types(type(obj))
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            valid = ", ".join(f"{prefix}{k}" for k in types_)
+            raise MedaugError(f"unknown config key {full!r}; valid keys here: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise MedaugError(f"{full}: expected a section (mapping), got {value!r}")
+            _merge(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], full))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"pretrain.lr=3e-4"`` -> (["pretrain", "lr"], 0.0003); values parse as YAML scalars."""
+    if "=" not in text:
+        raise MedaugError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise MedaugError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
+    return key.split("."), value
+
+
+def nest(keys: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise MedaugError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise MedaugError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise MedaugError(f"config file {path} must hold a mapping at top level")
+    return data
+
+
+def build_config(
+    base: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Defaults, then ``base`` (a nested mapping), then ``key=value`` overrides; then checks."""
+    cfg = Config()
+    if base:
+        _merge(cfg, base)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _merge(cfg, nest(keys, value))
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Defaults, layered with a YAML file (if given) and ``key=value`` overrides."""
+    return build_config(read_yaml(path) if path else None, overrides)
+
+
+def check_config(cfg: Config) -> None:
+    """Cheap consistency checks that should fail before any work starts."""
+    from medaug.data.schema import check_observation, check_uncertain_policy
+
+    check_uncertain_policy(cfg.data.uncertain)
+    check_observation(cfg.data.target)
+    for obs in cfg.eval.observations:
+        check_observation(obs)
+    if cfg.data.image_size < 16:
+        raise MedaugError(f"data.image_size must be at least 16, got {cfg.data.image_size}")
+    p = cfg.pretrain
+    if p.crop_scale is not None and not (0.0 < p.crop_scale <= 1.0):
+        raise MedaugError(f"pretrain.crop_scale must lie in (0, 1] or be none, got {p.crop_scale}")
+    if p.epochs < 1 or p.batch_size < 1 or p.num_workers < 1:
+        raise MedaugError("pretrain.epochs, batch_size and num_workers must be positive")
+    global_batch = p.batch_size * p.num_workers
+    if p.queue_size % global_batch:
+        raise MedaugError(
+            f"pretrain.queue_size ({p.queue_size}) must be divisible by the global batch "
+            f"(batch_size {p.batch_size} x num_workers {p.num_workers} = {global_batch})"
+        )
+    if not 0.0 < p.reweight_t < 1.0:
+        raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")
+    if p.init not in ("random", "imagenet"):
+        raise MedaugError(f"pretrain.init must be 'random' or 'imagenet', got {p.init!r}")
+    if p.init == "imagenet":
+        if not p.weights:
+            raise MedaugError("pretrain.init = imagenet needs pretrain.weights = PATH (a local file)")
+        if not Path(p.weights).exists():
+            raise MedaugError(
+                f"pretrain.weights file {p.weights} does not exist (weights are never downloaded)"
+            )
+    e = cfg.eval
+    if not 0.0 < e.fraction <= 1.0:
+        raise MedaugError(f"eval.fraction must lie in (0, 1], got {e.fraction}")
+    if e.split_by not in ("patient", "image"):
+        raise MedaugError(f"eval.split_by must be 'patient' or 'image', got {e.split_by!r}")
+    if e.study_level not in (None, "max", "mean"):
+        raise MedaugError(f"eval.study_level must be none, max or mean, got {e.study_level!r}")
+    # Registries are checked where they live (lazy imports keep this module light).
+    from medaug.pairs import check_criterion
+
+    check_criterion(p.criterion)
+    if p.size_match is not None:
+        check_criterion(p.size_match)
+    try:
+        from medaug.moco.negatives import check_strategy
+    except ImportError:  # the moco package is optional for metadata-only commands
+        return
+    check_strategy(p.negatives)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and None kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            if k == "column_map":
+                out[key] = v
+                continue
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def write_config(cfg: Config, path: str | Path) -> Path:
+    """Save the resolved config as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,202 @@
+"""The canonical metadata table: one row per image, whatever dataset it came from.
+
+Columns (in this order):
+
+=============  =========  ==========================================================
+image_id       str        unique per row
+path           str        image path relative to the data root
+patient_id     str        patient identifier
+study_id       str        study identifier, unique across patients ("<patient>/<study>")
+view           str        "frontal", "lateral" or "other"
+projection     str        "PA", "AP", "LATERAL", "LL" or "unknown"
+split          str        "train", "valid" or "test"
+<14 obs.>      float64    CheXpert observations: 1.0, 0.0, -1.0 (uncertain) or NaN (blank)
+sex            str|NA     "Male", "Female" or missing
+age            float64    years, NaN when unknown
+=============  =========  ==========================================================
+
+Adapters build this table; :func:`validate` checks it; :func:`write_table` and
+:func:`read_table` store it as parquet.  The uncertain-label policy is applied late, by
+:func:`label_values`, so the stored table keeps the raw labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medaug.errors import MedaugError
+
+OBSERVATIONS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+# The five CheXpert competition tasks.
+COMPETITION_TASKS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
+)
+ID_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "path",
+    "patient_id",
+    "study_id",
+    "view",
+    "projection",
+    "split",
+)
+DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("sex", "age")
+COLUMNS: tuple[str, ...] = ID_COLUMNS + OBSERVATIONS + DEMOGRAPHIC_COLUMNS
+
+VIEWS: tuple[str, ...] = ("frontal", "lateral", "other")
+PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "unknown")
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
+
+# Frontal = PA or AP; lateral = LATERAL or LL.
+PROJECTION_TO_VIEW: dict[str, str] = {
+    "PA": "frontal",
+    "AP": "frontal",
+    "LATERAL": "lateral",
+    "LL": "lateral",
+    "unknown": "other",
+}
+
+
+def empty_table() -> pd.DataFrame:
+    """An empty table with the canonical columns and dtypes."""
+    return validate(pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS}), "empty")
+
+
+def _dtype(column: str) -> str:
+    if column in OBSERVATIONS or column == "age":
+        return "float64"
+    return "object"
+
+
+def validate(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
+    """Check ``df`` against the schema and return it with canonical column order and dtypes.
+
+    Raises:
+        MedaugError: naming ``source`` and the first problem found (missing columns, bad
+            category values, duplicate image ids or paths, labels outside {1, 0, -1, blank},
+            a study shared by two patients).
+    """
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise MedaugError(f"{source}: missing column(s) {', '.join(missing)}")
+    out = df.loc[:, list(COLUMNS)].copy()
+    for column in ID_COLUMNS:
+        if out[column].isna().any():
+            row = int(np.flatnonzero(out[column].isna().to_numpy())[0])
+            raise MedaugError(f"{source}: column {column!r} is empty in row {row}")
+        out[column] = out[column].astype(str).astype(object)
+    for column, allowed in (("view", VIEWS), ("projection", PROJECTIONS), ("split", SPLITS)):
+        bad = ~out[column].isin(allowed)
+        if bad.any():
+            values = sorted(set(out.loc[bad, column]))[:5]
+            raise MedaugError(
+                f"{source}: column {column!r} has value(s) {values}; allowed: {', '.join(allowed)}"
+            )
+    for column in OBSERVATIONS:
+        values = pd.to_numeric(out[column], errors="coerce").astype("float64")
+        bad = values.notna() & ~values.isin([1.0, 0.0, -1.0])
+        bad |= values.isna() & out[column].notna() & (out[column].astype(str).str.strip() != "")
+        if bad.any():
+            shown = sorted({str(v) for v in out.loc[bad, column]})[:5]
+            raise MedaugError(
+                f"{source}: observation {column!r} has value(s) {shown}; allowed: 1, 0, -1, blank"
+            )
+        out[column] = values
+    out["age"] = pd.to_numeric(out["age"], errors="coerce").astype("float64")
+    out["sex"] = out["sex"].astype(object).where(out["sex"].notna(), None)
+    for column in ("image_id", "path"):
+        dup = out[column].duplicated(keep=False)
+        if dup.any():
+            shown = list(dict.fromkeys(out.loc[dup, column]))[:3]
+            raise MedaugError(
+                f"{source}: {int(dup.sum())} rows share a duplicate {column}, e.g. {shown}"
+            )
+    per_study = out.groupby("study_id", sort=False)["patient_id"].nunique()
+    if (per_study > 1).any():
+        shown = list(per_study.index[per_study > 1][:3])
+        raise MedaugError(f"{source}: study id(s) {shown} belong to more than one patient")
+    return out.reset_index(drop=True)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Validate and store the table as parquet (written to a temporary file, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = validate(df, str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Load a parquet table written by :func:`write_table` and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise MedaugError(f"metadata table {path} does not exist")
+    return validate(pd.read_parquet(path), str(path))
+
+
+def check_observation(name: str) -> str:
+    """Return ``name`` if it is one of the 14 observations, else raise listing them."""
+    if name not in OBSERVATIONS:
+        raise MedaugError(
+            f"unknown observation {name!r}; valid: {', '.join(OBSERVATIONS)}"
+        )
+    return name
+
+
+def check_uncertain_policy(policy: str) -> str:
+    if policy not in UNCERTAIN_POLICIES:
+        raise MedaugError(
+            f"unknown uncertain-label policy {policy!r}; valid: {', '.join(UNCERTAIN_POLICIES)}"
+        )
+    return policy
+
+
+def label_values(
+    df: pd.DataFrame, observation: str, uncertain: str = "ignore"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binary labels of one observation under an uncertain-label policy.
+
+    Blank counts as negative (as in CheXpert's evaluation).  Uncertain (-1) becomes 0 under
+    ``zeros``, 1 under ``ones``, and is masked out under ``ignore``.
+
+    Returns:
+        labels: N float32 array of 0/1 (masked rows hold 0).
+        mask:   N bool array, True where the label takes part in loss and AUC.
+    """
+    check_observation(observation)
+    check_uncertain_policy(uncertain)
+    raw = df[observation].to_numpy(dtype=np.float64)
+    labels = np.where(raw == 1.0, 1.0, 0.0).astype(np.float32)
+    mask = np.ones(len(raw), dtype=bool)
+    uncertain_rows = raw == -1.0
+    if uncertain == "ones":
+        labels[uncertain_rows] = 1.0
+    elif uncertain == "ignore":
+        mask[uncertain_rows] = False
+    return labels, mask
