@@ -47,6 +47,7 @@ class PretrainConfig:
     distinct_only: bool = False
     size_match: str | None = None
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
+    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
     negatives: str = "default"
     reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
     n_hard: int = 16  # m for the appended / synthetic strategies
@@ -58,23 +59,27 @@ class PretrainConfig:
     queue_size: int = 4096
     momentum: float = 0.999
     temperature: float = 0.2
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # adam | adamw | sgd
+    sgd_momentum: float = 0.9
     lr: float = 1e-4
     weight_decay: float = 1e-4
     lr_milestones: list[int] = field(default_factory=lambda: [12, 18])
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"  # step | cosine | constant
     batch_size: int = 16  # per worker
     epochs: int = 20
     rotation: float = 10.0
     hflip: float = 0.5
     bn_groups: int = 2  # batch-split BN groups for the key encoder on one worker
     num_workers: int = 1  # Ray Train workers
+    cpus_per_worker: float = 1.0  # CPUs each Ray Train worker reserves
     use_gpu: bool = False
     amp: bool = True  # mixed precision (CUDA only)
     checkpoint_every: int = 1
+    keep_checkpoints: int = 2  # epoch checkpoints kept besides the best one
     max_failures: int = 2
     knn_k: int = 20
-    knn_every: int = 1
+    knn_every: int = 1  # 0 = no kNN monitor (the last checkpoint is then the best)
     knn_bank: int = 2000  # images embedded as the kNN memory bank
     knn_queries: int = 1000  # validation images scored by the monitor
     max_steps_per_epoch: int | None = None
@@ -104,6 +109,21 @@ class EvalConfig:
     bootstrap: int = 1000
     feature_batch_size: int = 64
     heldout_fraction: float = 0.2  # patient-disjoint test partition when no official one
+    select_fraction: float = 0.1  # patient-disjoint selection slice of the pool (no official)
+    select_max_images: int = 2000  # cap on that slice (it is scored every epoch)
+    splits_csv: str | None = None  # shared label-fraction draws; default <output>/splits.csv
+    feature_cache_dir: str | None = None  # default <output>/features
+    e2e_use_gpu: bool = False
+    e2e_ray: bool = True  # fine-tune each split on Ray Train workers (False: in-process)
+    e2e_max_failures: int = 1
+    e2e_cpus_per_worker: float = 1.0
+    e2e_hflip: float = 0.5  # fine-tuning augmentation (the pretraining recipe's flip/rotation)
+    e2e_rotation: float = 10.0
+    e2e_crop_scale: float | None = None
+    e2e_weight_decay: float = 0.0
+    e2e_max_steps_per_epoch: int | None = None
+    amp: bool = True  # mixed precision on CUDA (features and fine-tuning)
+    roc_plot: bool = True
 
 
 @dataclass
@@ -305,18 +325,18 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and None kept as values)."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, None and value mappings (column_map) kept."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
-            if k == "column_map":
-                out[key] = v
-                continue
+        if isinstance(v, dict) and k not in _VALUE_MAPPINGS:
             out.update(flatten(v, f"{key}."))
         else:
             out[key] = v
     return out
+
+
+_VALUE_MAPPINGS = frozenset({"column_map"})
 
 
 def write_config(cfg: Config, path: str | Path) -> Path:

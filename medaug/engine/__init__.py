@@ -1,0 +1,39 @@
+"""Training loops as plain functions taking a ``report`` callable (no Ray imports here).
+
+* :mod:`medaug.engine.data`: table, image cache and pair index of a job (shared with
+  evaluation);
+* :mod:`medaug.engine.pretrain`: the MoCo v2 loop and its kNN monitor;
+* :mod:`medaug.engine.checkpoint`: checkpoints on disk, exact resume, the best checkpoint;
+* :mod:`medaug.engine.schedule`: optimisers and learning-rate schedules by name.
+
+Names load on first use, so importing the package does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "PreparedData": "medaug.engine.data",
+    "prepare_data": "medaug.engine.data",
+    "pair_index": "medaug.engine.data",
+    "pretrain": "medaug.engine.pretrain",
+    "pretrain_local": "medaug.engine.pretrain",
+    "check_pretrain": "medaug.engine.pretrain",
+    "load_backbone": "medaug.engine.checkpoint",
+    "best_checkpoint": "medaug.engine.checkpoint",
+    "latest_checkpoint": "medaug.engine.checkpoint",
+    "load_state": "medaug.engine.checkpoint",
+    "lr_schedule": "medaug.engine.schedule",
+    "build_optimizer": "medaug.engine.schedule",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medaug.engine' has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""The nested label-scarce evaluation: splits, cached features, linear probes, end-to-end
+fine-tuning, metrics with intervals, the kNN monitor.
+
+Names load on first use, so ``from medaug.eval import knn_auc`` does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "knn_scores": "medaug.eval.knn",
+    "knn_auc": "medaug.eval.knn",
+    "auc": "medaug.eval.metrics",
+    "bootstrap_ci": "medaug.eval.metrics",
+    "paired_bootstrap": "medaug.eval.metrics",
+    "paired_difference": "medaug.eval.metrics",
+    "summarise": "medaug.eval.metrics",
+    "aggregate_studies": "medaug.eval.metrics",
+    "label_fraction_splits": "medaug.eval.splits",
+    "evaluation_partitions": "medaug.eval.splits",
+    "splits_for": "medaug.eval.splits",
+    "save_splits": "medaug.eval.splits",
+    "load_splits": "medaug.eval.splits",
+    "extract_features": "medaug.eval.features",
+    "cached_features": "medaug.eval.features",
+    "module_hash": "medaug.eval.features",
+    "train_linear_probes": "medaug.eval.linear_probe",
+    "ProbeResult": "medaug.eval.linear_probe",
+    "finetune": "medaug.eval.finetune",
+    "FinetuneData": "medaug.eval.finetune",
+    "FinetuneSettings": "medaug.eval.finetune",
+    "evaluate": "medaug.eval.evaluate",
+    "eval_backbone": "medaug.eval.evaluate",
+    "BASELINES": "medaug.eval.evaluate",
+    "plot_roc": "medaug.eval.plots",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medaug.eval' has no attribute {name!r}")

@@ -1,0 +1,216 @@
+"""Speed and memory of the positive-pair engine at CheXpert scale, against its goals.
+
+Figures (all measured in this process or its children, side by side):
+
+- index build time of every registered criterion and of the paper's size-controlled and
+  distinct-only variants (goal <= 1 s each);
+- one epoch of partner sampling (goal <= 0.1 s);
+- ``medaug pairs`` end to end on a CheXpert-format CSV, as a whole subprocess, against a
+  subprocess that only reads the same CSV with pandas (goal: ratio <= 5x);
+- peak memory (ru_maxrss) of the ``medaug pairs`` child (goal <= 1 GiB).
+
+    python benchmarks/bench_pairs.py [--json PATH] [--repeats 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chexpert_shaped import make_chexpert_table, write_chexpert_csv  # noqa: E402
+
+from medaug.pairs import PairSampler, build_pair_index, list_criteria  # noqa: E402
+
+LABEL = "Pleural Effusion"
+GOAL_BUILD_S = 1.0
+GOAL_SAMPLE_S = 0.1
+GOAL_E2E_RATIO = 5.0
+GOAL_RSS_BYTES = 1 << 30
+
+# The paper's controlled variants (Tables 3-5): (criterion, distinct_only, size_match).
+VARIANTS = [
+    ("patient_all_studies", True, "patient_distinct_studies"),
+    ("patient_same_study", False, "patient_same_study_same_lat"),
+    ("patient_same_study_same_lat", True, "patient_same_study_distinct_lat"),
+]
+
+
+def _best(fn, repeats: int) -> float:
+    """Fastest of ``repeats`` wall-clock timings of ``fn()`` (seconds)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _run_child(argv: list[str]) -> tuple[float, int]:
+    """Run a child process; return (wall seconds, its own peak RSS in bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"child {argv[:4]} failed ({proc.returncode}): {err.strip()}")
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return wall, rss
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def bench_builds(table, repeats: int) -> tuple[dict[str, float], bool]:
+    """Best-of-``repeats`` build time of every criterion and the paper's variants."""
+    builds: dict[str, float] = {}
+    passed = True
+    runs = [(c, False, None) for c in list_criteria()] + VARIANTS
+    for criterion, distinct_only, size_match in runs:
+        name = (
+            criterion
+            + (" +distinct" if distinct_only else "")
+            + (f" ~{size_match}" if size_match else "")
+        )
+        seconds = _best(
+            lambda c=criterion, d=distinct_only, s=size_match: build_pair_index(
+                table, c, distinct_only=d, size_match=s, label=LABEL
+            ),
+            repeats,
+        )
+        builds[name] = seconds
+        ok = seconds <= GOAL_BUILD_S
+        passed &= ok
+        print(f"build {name:<75} {seconds:7.3f} s  {verdict(ok)} (goal <= {GOAL_BUILD_S} s)")
+    return builds, passed
+
+
+def bench_sampling(table, repeats: int) -> tuple[float, bool]:
+    """Best-of-``repeats`` time of one epoch of partner draws (all-studies sets)."""
+    index = build_pair_index(table, "patient_all_studies")
+    sampler = PairSampler(index, seed=0)
+    epochs = iter(range(10**6))
+    seconds = _best(lambda: sampler.sample(next(epochs)), repeats)
+    ok = seconds <= GOAL_SAMPLE_S
+    print(
+        f"sample one epoch ({len(index)} anchors): {seconds:.4f} s  {verdict(ok)} "
+        f"(goal <= {GOAL_SAMPLE_S} s)"
+    )
+    return seconds, ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="write all figures here")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=None, help="where the CSV goes (default: a temp dir)")
+    args = parser.parse_args()
+
+    figures: dict[str, object] = {}
+    passed = True
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        start = time.perf_counter()
+        table = make_chexpert_table()
+        csv = write_chexpert_csv(table, Path(tmp) / "train.csv")
+        print(
+            f"table: {len(table)} images, {table['patient_id'].nunique()} patients, "
+            f"{table['study_id'].nunique()} studies, "
+            f"{100 * (table['view'] == 'lateral').mean():.1f}% lateral "
+            f"(generated and written in {time.perf_counter() - start:.1f} s)"
+        )
+        figures["n_images"] = len(table)
+
+        builds, ok = bench_builds(table, args.repeats)
+        passed &= ok
+        figures["build_seconds"] = builds
+        sample_s, ok = bench_sampling(table, max(args.repeats, 5))
+        passed &= ok
+        figures["sample_epoch_seconds"] = sample_s
+        del table
+
+        out = Path(tmp) / "pairs.json"
+        pairs_cmd = [
+            sys.executable,
+            "-m",
+            "medaug.cli",
+            "pairs",
+            "--dataset",
+            "chexpert",
+            "--csv",
+            str(csv),
+            "--criterion",
+            "patient_distinct_studies",
+            "--label",
+            LABEL,
+            "--json",
+            str(out),
+        ]
+        read_cmd = [sys.executable, "-c", f"import pandas; pandas.read_csv({str(csv)!r})"]
+        pairs_runs, read_runs, rss_runs = [], [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+            wall, _ = _run_child(read_cmd)
+            read_runs.append(wall)
+            wall, rss = _run_child(pairs_cmd)
+            pairs_runs.append(wall)
+            rss_runs.append(rss)
+        stats = json.loads(out.read_text())
+        pairs_s, read_s, rss = min(pairs_runs), min(read_runs), max(rss_runs)
+        ratio = pairs_s / read_s
+        ok = ratio <= GOAL_E2E_RATIO
+        passed &= ok
+        print(
+            f"medaug pairs end to end: {pairs_s:.2f} s; pandas read_csv alone: {read_s:.2f} s; "
+            f"ratio {ratio:.2f}x  {verdict(ok)} (goal <= {GOAL_E2E_RATIO}x)"
+        )
+        ok = rss <= GOAL_RSS_BYTES
+        passed &= ok
+        print(
+            f"peak memory of medaug pairs: {rss / 2**20:.0f} MiB  {verdict(ok)} "
+            f"(goal <= {GOAL_RSS_BYTES / 2**30:.0f} GiB)"
+        )
+        dis = stats["label_disagreement"]
+        print(
+            f"(distinct studies: {100 * stats['n_fallback'] / stats['n_anchors']:.1f}% fallback, "
+            f"{100 * dis['share_all_different']:.1f}% of sets all of the other label)"
+        )
+        figures.update(
+            e2e_pairs_seconds=pairs_s,
+            e2e_read_csv_seconds=read_s,
+            e2e_ratio=ratio,
+            e2e_pairs_runs=pairs_runs,
+            e2e_read_csv_runs=read_runs,
+            pairs_peak_rss_bytes=rss,
+            goals={
+                "build_seconds": GOAL_BUILD_S,
+                "sample_epoch_seconds": GOAL_SAMPLE_S,
+                "e2e_ratio": GOAL_E2E_RATIO,
+                "pairs_peak_rss_bytes": GOAL_RSS_BYTES,
+            },
+            passed=bool(passed),
+        )
+    print("all goals met" if passed else "some goals missed")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_json = path.with_name(path.name + ".tmp")
+        tmp_json.write_text(json.dumps(figures, indent=2, default=float) + "\n")
+        os.replace(tmp_json, path)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

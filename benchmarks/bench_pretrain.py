@@ -1,0 +1,215 @@
+"""Pretraining throughput: the real MedAug step against a bare loop of the same encoders.
+
+    python benchmarks/bench_pretrain.py [--steps N] [--json PATH]
+
+Both loops run in this process on the same MoCo model and optimiser:
+
+(a) bare: random float tensors already on the device; momentum update, query forward and
+    backward, key forward, a plain InfoNCE against a fixed random queue, optimiser step;
+(b) real: ``medaug.engine.pretrain.TrainStep`` fed from the image cache through the pair
+    sampler: cache reads, batched augmentations, shuffle-BN keys, the negative strategy's
+    loss over a filled queue with metadata, optimiser step, enqueue.
+
+For every negative strategy a bare run and a real run are timed back to back, so a change
+in the machine's load affects both; the ratio (b)/(a) of images per second is the share of
+the encoder's speed that the data path, augmentations and negatives leave (goal >= 0.85).
+FLOPs of one step are counted with ``torch.utils.flop_counter`` and compared with the
+machine's measured fp32 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GOAL = 0.85
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 1536, reps: int = 5) -> float:
+    """Measured fp32 rate of an n x n matmul (2 n^3 FLOPs), best of ``reps``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each run")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--queue", type=int, default=4096)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--patients", type=int, default=150, help="phantom patients")
+    parser.add_argument("--data", help="phantom folder to use or create (default: temporary)")
+    parser.add_argument("--strategies", nargs="*", help="negative strategies (default: all)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", metavar="PATH", help="write the figures here")
+    args = parser.parse_args(argv)
+
+    from medaug.config import build_config
+    from medaug.data.phantom import make_phantom
+    from medaug.engine.data import pair_index, prepare_data
+    from medaug.engine.pretrain import TrainStep
+    from medaug.engine.schedule import build_optimizer
+    from medaug.moco.model import MoCo
+    from medaug.moco.negatives import list_strategies
+    from medaug.moco.queue import KeyQueue
+    from medaug.pairs import PairSampler
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    strategies = args.strategies or list_strategies()
+    tmp = tempfile.TemporaryDirectory(prefix="bench_pretrain_")
+    work = Path(tmp.name)
+    data_dir = Path(args.data) if args.data else work / "phantom"
+    print(f"phantom: {args.patients} patients at {args.size} px in {data_dir}", file=sys.stderr)
+    make_phantom(data_dir, args.patients, image_size=args.size, progress=False)
+    cfg = build_config({
+        "data": {"csv": str(data_dir / "train.csv"), "image_size": args.size,
+                 "cache_dir": str(work / "cache")},
+        "pretrain": {"arch": args.arch, "batch_size": args.batch, "queue_size": args.queue,
+                     "use_gpu": device.type == "cuda"},
+    })
+    data = prepare_data(cfg, work, progress=False)
+    index = pair_index(data, cfg)
+    sampler = PairSampler(index, seed=0)
+    if len(index) < args.batch:
+        raise SystemExit(f"only {len(index)} anchors: use more --patients")
+
+    torch.manual_seed(0)
+    p = cfg.pretrain
+    model = MoCo.from_config(p).to(device).train()
+    optimizer = build_optimizer(p.optimizer, (q for q in model.parameters() if q.requires_grad),
+                                p.lr, p.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    use_amp = p.amp and device.type == "cuda"
+
+    # (a) the bare loop's inputs: the same shapes as the real step's, made once.
+    x_q = torch.randn(args.batch, 3, args.size, args.size, device=device)  # B x 3 x S x S
+    x_k = torch.randn(args.batch, 3, args.size, args.size, device=device)  # B x 3 x S x S
+    bank = F.normalize(torch.randn(args.queue, p.head_dim, device=device), dim=1)  # K x C
+
+    def bare_step() -> None:
+        model.momentum_update()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            q, k = model(x_q, x_k, gen)  # B x C, B x C
+        l_pos = (q * k).sum(1, keepdim=True)  # B x 1
+        logits = torch.cat([l_pos, q @ bank.T], dim=1) / p.temperature  # B x (1 + K)
+        loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    # (b) the real step's rows: anchors in a permutation, partners from the sampler.
+    order = np.random.default_rng(0).permutation(len(index))
+    partners = sampler.sample(0)
+    anchor_rows = data.train[index.anchors[order]]
+    partner_rows = data.train[partners[order]]
+    n_batches = len(order) // args.batch
+
+    def timed(step, n: int) -> float:
+        for i in range(args.warmup):
+            step(i)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(n):
+            step(i)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        bare_step()
+    flops_per_step = counter.get_total_flops()
+    peak = matmul_gflops(device)
+    print(f"matmul fp32: {peak:.1f} GFLOP/s; one step: {flops_per_step / 1e9:.1f} GFLOP "
+          f"({args.arch}, batch {args.batch}, {args.size} px, K {args.queue}, {device})")
+
+    results: dict[str, dict] = {}
+    for strategy in strategies:
+        cfg.pretrain.negatives = strategy
+        queue = KeyQueue(args.queue, p.head_dim, generator=torch.Generator().manual_seed(0))
+        queue = queue.to(device)
+        # A full queue with real metadata, as after the first K / B steps of training.
+        for start in range(0, args.queue, args.batch):
+            rows = anchor_rows[(np.arange(args.batch) + start) % len(anchor_rows)]
+            rows_t = torch.from_numpy(rows)
+            queue.enqueue(
+                F.normalize(torch.randn(args.batch, p.head_dim), dim=1).to(device),
+                torch.from_numpy(data.view[rows]).to(device), torch.from_numpy(data.patient[rows]).to(device),
+                torch.from_numpy(data.study[rows]).to(device), rows_t.to(device),
+            )
+        real = TrainStep(model, model, queue, optimizer, scaler, data, cfg, device, gen)
+
+        def real_step(i: int, real=real) -> None:
+            b = i % n_batches
+            sl = slice(b * args.batch, (b + 1) * args.batch)
+            real(anchor_rows[sl], partner_rows[sl])
+
+        t_bare = timed(lambda i: bare_step(), args.steps)
+        t_real = timed(real_step, args.steps)
+        images = args.batch * args.steps
+        bare_ips, real_ips = images / t_bare, images / t_real
+        results[strategy] = {
+            "bare_images_per_s": bare_ips,
+            "real_images_per_s": real_ips,
+            "ratio": real_ips / bare_ips,
+            "bare_gflops": flops_per_step * args.steps / t_bare / 1e9,
+            "real_gflops": flops_per_step * args.steps / t_real / 1e9,
+        }
+        r = results[strategy]
+        print(f"{strategy:>14}: bare {bare_ips:7.1f} img/s  real {real_ips:7.1f} img/s  "
+              f"ratio {r['ratio']:.3f} {'ok' if r['ratio'] >= GOAL else 'BELOW GOAL'}  "
+              f"real {r['real_gflops']:.1f} GFLOP/s = {r['real_gflops'] / peak:.0%} of matmul")
+
+    figures = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "arch": args.arch,
+        "image_size": args.size,
+        "batch": args.batch,
+        "queue": args.queue,
+        "steps": args.steps,
+        "matmul_gflops": peak,
+        "step_gflop": flops_per_step / 1e9,
+        "goal": GOAL,
+        "ratios": {s: r["ratio"] for s, r in results.items()},
+        "strategies": results,
+    }
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

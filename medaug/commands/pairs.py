@@ -1,0 +1,140 @@
+"""``medaug pairs``: statistics of a positive-pair criterion on a dataset's metadata.
+
+Metadata only: this command never imports torch, Ray or MLflow (matplotlib only for --plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from medaug.errors import MedaugError
+
+DATASETS = ("chexpert", "mimic", "nih", "csv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from medaug.pairs.criteria import list_criteria
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="chexpert", help="table layout")
+    data.add_argument("--csv", required=True, help="the dataset's main CSV (all rows are used)")
+    data.add_argument(
+        "--map",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="CANONICAL=COLUMN",
+        help="column names of a generic CSV (e.g. patient_id=subject)",
+    )
+    pairs = parser.add_argument_group("pairs")
+    pairs.add_argument("--criterion", required=True, help=f"one of: {', '.join(list_criteria())}")
+    pairs.add_argument(
+        "--distinct-only", action="store_true", help="remove x from its set; skip empty anchors"
+    )
+    pairs.add_argument(
+        "--size-match", default=None, metavar="NAME", help="cut sets to this criterion's sizes"
+    )
+    pairs.add_argument(
+        "--label", default=None, metavar="OBSERVATION", help="e.g. 'Pleural Effusion'"
+    )
+    pairs.add_argument("--uncertain", choices=("ignore", "zeros", "ones"), default="ignore")
+    pairs.add_argument(
+        "--seed", type=int, default=0, help="seed of the size-matching pre-selection"
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", default=None, metavar="OUT", help="write the statistics as JSON")
+    out.add_argument("--plot", default=None, metavar="OUT.png", help="write the figure")
+
+
+def parse_column_map(items: list[str]) -> dict[str, str]:
+    """``["patient_id=subject", ...]`` -> ``{"patient_id": "subject", ...}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise MedaugError(f"--map {item!r} must look like canonical=column")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def summary(stats: dict) -> str:
+    """A few human-readable lines about a :func:`medaug.pairs.pair_stats` dict."""
+    n = max(stats["n_anchors"], 1)
+    opts = []
+    if stats["distinct_only"]:
+        opts.append("distinct images only")
+    if stats["size_match"]:
+        opts.append(f"size-matched to {stats['size_match']}")
+    lines = [
+        f"criterion {stats['criterion']}"
+        + (f" ({', '.join(opts)})" if opts else "")
+        + f" on {stats['n_images']} images, {stats['n_patients']} patients, "
+        f"{stats['n_studies']} studies",
+        f"anchors {stats['n_anchors']} (skipped {stats['n_skipped']}); "
+        f"fallback to the image itself {stats['n_fallback']} ({100 * stats['n_fallback'] / n:.1f}%); "
+        f"with another image {stats['n_with_other']} ({100 * stats['n_with_other'] / n:.1f}%)",
+        f"set size: mean {stats['mean_set_size']:.3f}, max {stats['max_set_size']}",
+    ]
+    dis = stats.get("label_disagreement")
+    if dis is not None:
+        if dis["n_anchors"]:
+            lines.append(
+                f"label disagreement ({dis['observation']}, uncertain={dis['uncertain']}) over "
+                f"{dis['n_anchors']} anchors: mean {dis['mean']:.4f}, all different "
+                f"{100 * dis['share_all_different']:.2f}%"
+            )
+        else:
+            lines.append(f"label disagreement ({dis['observation']}): no anchor has a set")
+    return "\n".join(lines)
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medaug.data.schema import check_observation
+    from medaug.pairs.criteria import check_criterion
+
+    check_criterion(args.criterion)
+    if args.size_match is not None:
+        check_criterion(args.size_match)
+    if args.label is not None:
+        check_observation(args.label)
+    column_map = parse_column_map(args.map)
+    csv = Path(args.csv)
+    if not csv.exists():
+        raise MedaugError(f"CSV file {csv} does not exist")
+
+    from medaug.data.load import load_table
+    from medaug.pairs.index import build_pair_index
+    from medaug.pairs.stats import pair_stats
+
+    table = load_table(args.dataset, csv, column_map=column_map)
+    index = build_pair_index(
+        table,
+        args.criterion,
+        distinct_only=args.distinct_only,
+        size_match=args.size_match,
+        label=args.label,
+        uncertain=args.uncertain,
+        seed=args.seed,
+    )
+    stats = pair_stats(table, index, label=args.label, uncertain=args.uncertain)
+    print(summary(stats), flush=True)
+    if args.json:
+        _write_json(stats, Path(args.json))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        from medaug.pairs.plot import plot_pair_stats
+
+        plot_pair_stats(stats, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

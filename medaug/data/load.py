@@ -1,0 +1,102 @@
+"""One entry point from a dataset's own files to the canonical table: :func:`load_table`.
+
+``DATASETS`` is the registry of adapters (name -> reader); every reader takes the CSV (or,
+for MIMIC, the folder holding its CSVs) and the keyword options ``include_siblings`` and
+``column_map``, and returns a validated canonical table.  Image paths in the table are
+relative to the image root found by :func:`resolve_root`, which the loaded table carries in
+``table.attrs["root"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from medaug.data.chexpert import read_chexpert
+from medaug.data.generic import read_generic
+from medaug.data.mimic import read_mimic
+from medaug.data.nih import read_nih
+from medaug.errors import MedaugError
+
+Reader = Callable[..., pd.DataFrame]
+
+DATASETS: dict[str, Reader] = {
+    "chexpert": read_chexpert,
+    "mimic": read_mimic,
+    "nih": read_nih,
+    "csv": read_generic,
+}
+
+
+def get_reader(dataset: str) -> Reader:
+    """The adapter registered as ``dataset``; an unknown name raises listing the valid ones."""
+    if dataset not in DATASETS:
+        raise MedaugError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def resolve_root(csv: str | Path, first_path: str | None, root: str | Path | None = None) -> Path:
+    """The folder that the table's relative image paths start from.
+
+    Args:
+        csv: the metadata CSV (or the folder holding it).
+        first_path: one image path of the table, used to probe candidate roots; None for an
+            empty table.
+        root: an explicit root; it must exist.
+
+    Returns:
+        ``root`` if given; else the first of the CSV's folder and that folder's parent under
+        which ``first_path`` exists; else the CSV's folder (metadata-only work needs no
+        images, so a missing image is not an error here).
+    """
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise MedaugError(f"image root {root} does not exist")
+        return root
+    csv = Path(csv)
+    folder = csv if csv.is_dir() else csv.parent
+    if first_path:
+        for candidate in (folder, folder.parent):
+            if (candidate / first_path).exists():
+                return candidate
+    return folder
+
+
+def load_table(
+    dataset: str,
+    csv: str | Path,
+    root: str | Path | None = None,
+    column_map: dict[str, str] | None = None,
+    include_siblings: bool = False,
+) -> pd.DataFrame:
+    """Read a dataset's metadata into the validated canonical table.
+
+    Args:
+        dataset: a name in ``DATASETS`` (chexpert, mimic, nih, csv).
+        csv: the dataset's main CSV (CheXpert ``train.csv``, MIMIC metadata CSV or its
+            folder, NIH ``Data_Entry_2017*.csv``, any CSV for ``csv``).
+        root: image root; default found next to the CSV (see :func:`resolve_root`).
+        column_map: canonical name -> column, for dataset ``csv`` only.
+        include_siblings: CheXpert: also read ``valid.csv`` and ``test.csv`` beside
+            ``train.csv``.
+
+    Returns:
+        N x len(schema.COLUMNS) table; ``attrs["root"]`` holds the resolved image root and
+        ``attrs["dataset"]`` the dataset name.
+    """
+    reader = get_reader(dataset)
+    if column_map and dataset != "csv":
+        raise MedaugError(f"data.column_map applies to dataset 'csv' only, not {dataset!r}")
+    if dataset == "csv" and not column_map:
+        raise MedaugError(
+            "dataset 'csv' needs data.column_map naming at least the path, patient_id and "
+            "view (or projection) columns"
+        )
+    table = reader(Path(csv), include_siblings=include_siblings, column_map=column_map)
+    first = str(table["path"].iat[0]) if len(table) else None
+    table.attrs["root"] = str(resolve_root(csv, first, root))
+    table.attrs["dataset"] = dataset
+    return table

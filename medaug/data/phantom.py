@@ -1,0 +1,1020 @@
+"""The phantom: a synthetic chest X-ray dataset in CheXpert's layout, the bundled default data.
+
+The generative model carries the structure MedAug relies on:
+
+- every patient has their own anatomy (thorax size and shape, heart size and position, rib
+  spacing, diaphragm height, body habitus, exposure and contrast, a slight rotation) that
+  all of their images share;
+- a patient's studies follow each other in time; findings evolve between studies.  Pleural
+  effusion above all: a latent state (none / small / moderate / large) follows a Markov
+  chain over studies whose transitions depend on a per-patient propensity, on the right,
+  left or both sides.  Frontal films show it as a blunted costophrenic angle and a dense
+  basal opacity under a meniscus that rises with severity (a veil on supine AP films);
+  lateral films show the posterior sulcus filling;
+- all images of a study share one latent state and one set of labels (CheXpert labels come
+  from the study's report): most studies have a frontal view (PA or AP), many also a
+  lateral, a few two frontals, a few a lateral only;
+- distractors with their labels: cardiomegaly (correlated with effusion, as in heart
+  failure), mediastinal widening, perihilar edema, consolidation, nodules, plate
+  atelectasis, pneumothorax, pleural thickening, rib fractures, support devices (tubes,
+  lines and pacemakers drawn as bright curves), breast shadows;
+- training labels are noisy the way CheXpert's are: uncertain (-1) mostly near a
+  finding's decision boundary, blanks for unmentioned negatives, a little label noise;
+  the valid and test splits carry clean 0/1 labels (CheXpert's radiologist consensus).
+
+Everything is drawn with vectorised numpy on a coordinate grid; each patient has its own
+seeded generator, so the output is byte-identical for a seed whatever the number of
+worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medaug.errors import MedaugError
+
+# CheXpert's CSV columns, in order.
+OBSERVATIONS: tuple[str, ...] = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+CSV_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + OBSERVATIONS
+SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+MANIFEST = "phantom.json"
+JPEG_QUALITY = 90
+# Bumped whenever the generative model changes, so a stored phantom is never mistaken for
+# the output of different code.
+VERSION = 1
+
+# Effusion: latent states none / small / moderate / large, their severity ranges, and the
+# Markov chain over studies.  A patient's propensity rho mixes a "healthy" and a "sick"
+# chain: P = (1 - rho) P_healthy + rho P_sick.
+EFFUSION_SEVERITY = ((0.0, 0.06), (0.10, 0.35), (0.35, 0.65), (0.65, 1.0))
+EFFUSION_THRESHOLD = 0.2  # a study is effusion-positive when its severity exceeds this
+_START_HEALTHY = np.array([0.86, 0.08, 0.04, 0.02])
+_START_SICK = np.array([0.25, 0.25, 0.30, 0.20])
+_CHAIN_HEALTHY = np.array(
+    [
+        [0.90, 0.07, 0.02, 0.01],
+        [0.45, 0.35, 0.15, 0.05],
+        [0.25, 0.30, 0.35, 0.10],
+        [0.15, 0.25, 0.35, 0.25],
+    ]
+)
+_CHAIN_SICK = np.array(
+    [
+        [0.50, 0.25, 0.17, 0.08],
+        [0.15, 0.35, 0.35, 0.15],
+        [0.08, 0.20, 0.42, 0.30],
+        [0.05, 0.10, 0.35, 0.50],
+    ]
+)
+CARDIOMEGALY_THRESHOLD = 0.52  # cardiothoracic ratio
+EDEMA_THRESHOLD = 0.5
+MEDIASTINUM_THRESHOLD = 1.18  # mediastinal width relative to normal
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent state: patients and studies
+
+
+@dataclass
+class Patient:
+    """Per-patient anatomy and dispositions, shared by all of the patient's images."""
+
+    sex: str
+    age: float
+    propensity: float  # 0..1: how prone to effusion, edema, devices
+    width: float  # thorax width factor
+    height: float  # thorax height factor
+    shift: float  # horizontal offset of the thorax
+    rotation: float  # degrees
+    scale: float
+    ctr: float  # baseline cardiothoracic ratio
+    heart_dx: float  # heart centre offset to the patient's left
+    heart_tilt: float
+    mediastinum: float  # mediastinal width factor
+    rib_spacing: float
+    rib_phase: float
+    diaphragm: float  # dome apex height of the right hemidiaphragm
+    diaphragm_asym: float  # the left one sits this much lower
+    soft: float  # soft-tissue thickness (habitus)
+    air: float  # lung lucency
+    gain: float
+    gamma: float
+    effusion_side: str  # right | left | both
+    texture: np.ndarray  # 2 x T x T low-resolution lung-marking fields
+    nodules: list[tuple[float, float, float, float]] = field(default_factory=list)  # side, x, y, r
+    pleural_other: bool = False
+    fracture: tuple[float, float] | None = None  # (side, rib index) once present
+    fracture_study: int = 99
+    pacemaker: int = 99  # first study with a pacemaker
+
+
+@dataclass
+class Study:
+    """The latent state of one study; all its images are drawn from it."""
+
+    index: int
+    age: float
+    effusion: tuple[float, float]  # severity right, left
+    effusion_state: int
+    ctr: float
+    edema: float
+    mediastinum: float
+    consolidation: tuple[float, float, float, float] | None  # side, x, y, radius
+    atelectasis: tuple[float, float, float] | None  # side, y, tilt
+    pneumothorax: tuple[float, float] | None  # side, depth
+    devices: tuple[str, ...]
+    pneumonia: bool
+    views: tuple[str, ...]  # "PA" | "AP" | "LATERAL", in file order
+
+
+def _sample_patient(rng: np.random.Generator) -> Patient:
+    sex = "Male" if rng.random() < 0.56 else "Female"
+    male = sex == "Male"
+    age = float(np.clip(rng.normal(61.0, 17.0), 18.0, 90.0))
+    rho = float(rng.beta(1.2, 2.2))
+    nodules = []
+    if rng.random() < 0.07:
+        for _ in range(1 + int(rng.random() < 0.3)):
+            nodules.append(
+                (float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.2, 0.55)),
+                 float(rng.uniform(-0.45, 0.2)), float(rng.uniform(0.025, 0.06)))
+            )
+    fracture = None
+    if rng.random() < 0.04:
+        fracture = (float(rng.choice([-1.0, 1.0])), float(rng.integers(2, 7)))
+    return Patient(
+        sex=sex,
+        age=age,
+        propensity=rho,
+        width=float(rng.normal(1.03 if male else 0.97, 0.04)),
+        height=float(rng.normal(1.0, 0.04)),
+        shift=float(rng.normal(0.0, 0.02)),
+        rotation=float(rng.normal(0.0, 2.0)),
+        scale=float(rng.normal(1.0, 0.03)),
+        ctr=float(np.clip(rng.normal(0.445, 0.035) + 0.05 * rho + 0.0008 * (age - 60), 0.36, 0.62)),
+        heart_dx=float(rng.normal(0.06, 0.02)),
+        heart_tilt=float(rng.normal(0.35, 0.08)),
+        mediastinum=float(np.clip(rng.normal(1.0, 0.09), 0.75, 1.5)),
+        rib_spacing=float(rng.uniform(0.125, 0.16)),
+        rib_phase=float(rng.uniform(0.0, 1.0)),
+        diaphragm=float(rng.normal(0.38, 0.04)),
+        diaphragm_asym=float(rng.normal(0.04, 0.015)),
+        soft=float(rng.uniform(0.85, 1.2)),
+        air=float(rng.uniform(0.85, 1.1)),
+        gain=float(rng.uniform(0.9, 1.1)),
+        gamma=float(rng.uniform(0.8, 1.25)),
+        effusion_side=str(rng.choice(["right", "left", "both"], p=[0.35, 0.25, 0.40])),
+        texture=rng.standard_normal((2, 14, 14)).astype(np.float32),
+        nodules=nodules,
+        pleural_other=bool(rng.random() < 0.02),
+        fracture=fracture,
+        fracture_study=int(rng.integers(0, 4)) if fracture else 99,
+        pacemaker=int(rng.integers(0, 4)) if rng.random() < 0.05 + 0.06 * rho else 99,
+    )
+
+
+def _sample_views(rng: np.random.Generator, ap_prob: float) -> tuple[str, ...]:
+    frontal = "AP" if rng.random() < ap_prob else "PA"
+    u = rng.random()
+    if u < 0.58:
+        return (frontal,)
+    if u < 0.88:
+        return (frontal, "LATERAL")
+    if u < 0.95:
+        return (frontal, frontal) if rng.random() < 0.7 else (frontal, frontal, "LATERAL")
+    return ("LATERAL",)
+
+
+def _sample_studies(rng: np.random.Generator, p: Patient) -> list[Study]:
+    n = int(min(rng.geometric(0.36), 12))  # CheXpert: about 2.9 studies per patient
+    rho = p.propensity
+    chain = (1 - rho) * _CHAIN_HEALTHY + rho * _CHAIN_SICK
+    state = int(rng.choice(4, p=(1 - rho) * _START_HEALTHY + rho * _START_SICK))
+    devices: tuple[str, ...] = ()
+    age = p.age
+    studies = []
+    for k in range(n):
+        if k:
+            state = int(rng.choice(4, p=chain[state]))
+            # Most follow-ups happen within the same admission; some years later.
+            if rng.random() < 0.3:
+                age += float(rng.uniform(0.5, 3.0))
+        lo, hi = EFFUSION_SEVERITY[state]
+        severity = float(rng.uniform(lo, hi))
+        side = p.effusion_side
+        if side != "both" and state >= 2 and rng.random() < 0.25:
+            side = "both"
+        if side == "both":
+            other = severity * float(rng.uniform(0.5, 1.0))
+            pair = (severity, other) if rng.random() < 0.5 else (other, severity)
+        elif side == "right":
+            pair = (severity, float(rng.uniform(0.0, 0.05)))
+        else:
+            pair = (float(rng.uniform(0.0, 0.05)), severity)
+        # Heart failure links effusion, a larger heart and edema.
+        ctr = float(np.clip(p.ctr + 0.02 * (state >= 2) + rng.normal(0.0, 0.01), 0.34, 0.68))
+        edema = float(np.clip(
+            0.12 * state + 2.5 * (ctr - 0.45) + 0.25 * rho + rng.normal(0.0, 0.15), 0.0, 1.0
+        ))
+        # Support devices switch on and off between studies (an on/off Markov chain).
+        on = rng.random() < ((0.15 + 0.45 * rho) if not devices else 0.7)
+        if on and not devices:
+            pool = ["ett", "ngt", "cvc"]
+            picked = [d for d in pool if rng.random() < 0.5] or [str(rng.choice(pool))]
+            devices = tuple(picked)
+        elif not on:
+            devices = ()
+        study_devices = devices + (("pacemaker",) if k >= p.pacemaker else ())
+        consolidation = None
+        if rng.random() < 0.07 + 0.08 * rho:
+            consolidation = (
+                float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.25, 0.6)),
+                float(rng.uniform(-0.4, 0.25)), float(rng.uniform(0.08, 0.16)),
+            )
+        atelectasis = None
+        if rng.random() < 0.10 + 0.12 * min(state, 2):
+            s = {"right": -1.0, "left": 1.0}.get(side, float(rng.choice([-1.0, 1.0])))
+            atelectasis = (s, float(rng.uniform(0.05, 0.3)), float(rng.normal(0.0, 0.12)))
+        pneumothorax = None
+        if rng.random() < 0.015 + 0.04 * bool(study_devices):
+            pneumothorax = (float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.08, 0.22)))
+        sick = state >= 2 or bool(study_devices) or edema > EDEMA_THRESHOLD
+        studies.append(
+            Study(
+                index=k,
+                age=age,
+                effusion=pair,
+                effusion_state=state,
+                ctr=ctr,
+                edema=edema,
+                mediastinum=float(p.mediastinum + rng.normal(0.0, 0.02)),
+                consolidation=consolidation,
+                atelectasis=atelectasis,
+                pneumothorax=pneumothorax,
+                devices=study_devices,
+                pneumonia=consolidation is not None and rng.random() < 0.6,
+                views=_sample_views(rng, 0.5 + 0.35 * sick),
+            )
+        )
+    return studies
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels
+
+
+def _findings(p: Patient, s: Study) -> dict[str, tuple[float, float, float]]:
+    """Per observation: (score, threshold, width of the uncertain band around it)."""
+    binary = 0.5, 0.0
+    return {
+        "Enlarged Cardiomediastinum": (s.mediastinum, MEDIASTINUM_THRESHOLD, 0.04),
+        "Cardiomegaly": (s.ctr, CARDIOMEGALY_THRESHOLD, 0.02),
+        "Lung Lesion": (float(bool(p.nodules)), *binary),
+        "Edema": (s.edema, EDEMA_THRESHOLD, 0.08),
+        "Consolidation": (float(s.consolidation is not None), *binary),
+        "Pneumonia": (float(s.pneumonia), *binary),
+        "Atelectasis": (float(s.atelectasis is not None), *binary),
+        "Pneumothorax": (float(s.pneumothorax is not None), *binary),
+        "Pleural Effusion": (max(s.effusion), EFFUSION_THRESHOLD, 0.06),
+        "Pleural Other": (float(p.pleural_other), *binary),
+        "Fracture": (float(p.fracture is not None and s.index >= p.fracture_study), *binary),
+        "Support Devices": (float(bool(s.devices)), *binary),
+    }
+
+
+# How often a report mentions a negative finding explicitly (0.0 rather than blank), and how
+# often it hedges on a present binary finding (-1).
+_NEGATIVE_MENTION = {
+    "Enlarged Cardiomediastinum": 0.08, "Cardiomegaly": 0.12, "Lung Lesion": 0.03,
+    "Edema": 0.25, "Consolidation": 0.15, "Pneumonia": 0.08, "Atelectasis": 0.05,
+    "Pneumothorax": 0.35, "Pleural Effusion": 0.45, "Pleural Other": 0.02, "Fracture": 0.04,
+    "Support Devices": 0.05, "Lung Opacity": 0.05,
+}
+_HEDGE = {
+    "Lung Lesion": 0.15, "Consolidation": 0.25, "Pneumonia": 0.7, "Atelectasis": 0.3,
+    "Pneumothorax": 0.1, "Pleural Other": 0.3, "Fracture": 0.2, "Support Devices": 0.0,
+}
+
+
+def study_labels(p: Patient, s: Study, rng: np.random.Generator, clean: bool) -> list[float]:
+    """The 14 labels of a study in CheXpert order (NaN = blank).
+
+    ``clean`` gives the 0/1 ground truth of the latent state (the valid and test splits);
+    otherwise labels are "extracted from a report": uncertain near the decision boundary
+    (and for hedged binary findings), blank for most negatives, a little label noise.
+    """
+    positive: dict[str, bool] = {}
+    labels: dict[str, float] = {}
+    for name, (score, threshold, width) in _findings(p, s).items():
+        pos = score > threshold
+        positive[name] = pos
+        if clean:
+            labels[name] = float(pos)
+            continue
+        if width > 0:
+            hedge = 0.55 * math.exp(-(((score - threshold) / width) ** 2))
+        else:
+            hedge = _HEDGE[name] if pos else 0.0
+        if rng.random() < hedge:
+            labels[name] = -1.0
+        elif pos:
+            labels[name] = math.nan if rng.random() < 0.02 else 1.0
+        else:
+            labels[name] = 1.0 if rng.random() < 0.02 else (
+                0.0 if rng.random() < _NEGATIVE_MENTION[name] else math.nan
+            )
+    opacity = ("Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis")
+    any_opacity = any(positive[n] for n in opacity)
+    if clean:
+        labels["Lung Opacity"] = float(any_opacity)
+    elif any(labels[n] == 1.0 for n in opacity):
+        labels["Lung Opacity"] = 1.0
+    elif any(labels[n] == -1.0 for n in opacity):
+        labels["Lung Opacity"] = -1.0
+    else:
+        labels["Lung Opacity"] = 0.0 if rng.random() < _NEGATIVE_MENTION["Lung Opacity"] else math.nan
+    # No Finding: positive only when no pathology is positive or uncertain (CheXpert's rule).
+    pathologies = [n for n in OBSERVATIONS if n not in ("No Finding", "Support Devices")]
+    if clean:
+        labels["No Finding"] = float(not any(labels[n] == 1.0 for n in pathologies))
+    else:
+        clear = not any(labels[n] in (1.0, -1.0) for n in pathologies)
+        labels["No Finding"] = 1.0 if clear else math.nan
+    return [labels[n] for n in OBSERVATIONS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing primitives (coordinates: u right, v down, the central square spans [-1, 1]^2)
+
+
+def _soft(d: np.ndarray, edge: float) -> np.ndarray:
+    """Smooth indicator of d > 0 with a transition of width ~edge."""
+    return 0.5 + 0.5 * np.tanh(d / edge)
+
+
+def _window(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float):
+    """Boolean mask of the grid points within a box; None when the box covers most of it.
+
+    Shapes are evaluated only inside their bounding box: most are small, and the distance
+    computations are the expensive part of drawing.
+    """
+    sel = (np.abs(x - cx) < rx) & (np.abs(y - cy) < ry)
+    return None if sel.mean() > 0.4 else sel
+
+
+def _in_window(fn, x, y, sel):
+    """``fn(x, y)`` on the whole grid, or only inside ``sel`` (zero elsewhere)."""
+    if sel is None:
+        return fn(x, y)
+    out = np.zeros_like(x)
+    if sel.any():
+        out[sel] = fn(x[sel], y[sel])
+    return out
+
+
+def _power(v: np.ndarray, power: int) -> np.ndarray:
+    """|v| ** power for power 2, 3 or 4 by multiplication (a general pow is far slower)."""
+    v2 = v * v
+    if power == 2:
+        return v2
+    return v2 * np.abs(v) if power == 3 else v2 * v2
+
+
+def _ellipse(x, y, cx, cy, a, b, edge, power: int = 2, angle: float = 0.0) -> np.ndarray:
+    """Smooth mask of a (super)ellipse centred at (cx, cy) with half-axes a, b.
+
+    ``power`` 2 is an ellipse; 3 and 4 are boxier.  The edge is placed by a first-order
+    distance, (1 - R) / power * min(a, b) with R = |dx/a|^p + |dy/b|^p, exact at the outline.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+
+    def draw(x, y):
+        dx, dy = x - cx, y - cy
+        if angle:
+            dx, dy = c * dx + s * dy, -s * dx + c * dy
+        ratio = _power(dx / a, power) + _power(dy / b, power)
+        return _soft((1.0 - ratio) * (min(a, b) / power), edge)
+
+    reach = max(a, b) * (1.0 + 4.0 * edge / min(a, b)) * (1.42 if power > 2 else 1.0)
+    return _in_window(draw, x, y, _window(x, y, cx, cy, reach, reach))
+
+
+def _segment_distance(x, y, p0, p1) -> np.ndarray:
+    """Distance from points (x, y) (any shape) to the segment p0-p1."""
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    px, py = x - p0[0], y - p0[1]
+    t = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+    return np.sqrt((px - t * dx) ** 2 + (py - t * dy) ** 2)
+
+
+def _bezier(*ctrl: tuple[float, float], n: int = 16) -> np.ndarray:
+    """n points on a quadratic or cubic Bezier curve through the control points."""
+    c = np.asarray(ctrl, dtype=np.float32)
+    t = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
+    if len(c) == 3:
+        return (1 - t) ** 2 * c[0] + 2 * (1 - t) * t * c[1] + t**2 * c[2]
+    return (1 - t) ** 3 * c[0] + 3 * (1 - t) ** 2 * t * c[1] + 3 * (1 - t) * t**2 * c[2] + t**3 * c[3]
+
+
+def _tube(x, y, points: np.ndarray, radius: float, edge: float) -> np.ndarray:
+    """Smooth mask of a curve of the given radius along the polyline ``points`` (K x 2).
+
+    Each segment is measured only inside its own bounding box (plus the radius), where the
+    mask can be non-zero; elsewhere the distance stays "far".
+    """
+    points = np.asarray(points, dtype=np.float32)
+    margin = radius + 4 * edge
+    dist = np.full(x.shape, np.float32(1e3))  # H x W
+    for p0, p1 in zip(points[:-1], points[1:]):
+        lo, hi = np.minimum(p0, p1) - margin, np.maximum(p0, p1) + margin
+        sel = (x > lo[0]) & (x < hi[0]) & (y > lo[1]) & (y < hi[1])
+        if sel.any():
+            dist[sel] = np.minimum(dist[sel], _segment_distance(x[sel], y[sel], p0, p1))
+    return _soft(radius - dist, edge)
+
+
+def _sample_field(grid: np.ndarray, x: np.ndarray, y: np.ndarray, extent: float = 1.4):
+    """Bilinear sample of a T x T field spanning [-extent, extent]^2 at points (x, y)."""
+    t = grid.shape[0]
+    fx = np.clip((x + extent) * ((t - 1) / (2 * extent)), 0, t - 1.001)
+    fy = np.clip((y + extent) * ((t - 1) / (2 * extent)), 0, t - 1.001)
+    jx, iy = np.floor(fx), np.floor(fy)
+    wx, wy = fx - jx, fy - iy  # float32 weights
+    flat = grid.ravel()
+    k = iy.astype(np.intp) * t + jx.astype(np.intp)  # index of the top-left neighbour
+    top = flat[k] + wx * (flat[k + 1] - flat[k])
+    bottom = flat[k + t] + wx * (flat[k + t + 1] - flat[k + t])
+    return top + wy * (bottom - top)
+
+
+def _grid(width: int, height: int, size: int, p: Patient, rng: np.random.Generator):
+    """Pixel grid mapped into the patient's anatomical frame (rotation, shift, scale).
+
+    Returns x (right), y (down), each height x width float32; the central size x size
+    square spans [-1, 1]^2 before the patient's pose is applied.
+    """
+    half = size / 2.0
+    u = (np.arange(width, dtype=np.float32) + 0.5 - width / 2.0) / half
+    v = (np.arange(height, dtype=np.float32) + 0.5 - height / 2.0) / half
+    u, v = np.meshgrid(u, v)  # H x W each
+    angle = math.radians(p.rotation + rng.normal(0.0, 0.8))
+    scale = p.scale * float(rng.normal(1.0, 0.015))
+    du, dv = (float(d) for d in rng.normal(0.0, 0.03, size=2))
+    c, s = math.cos(angle), math.sin(angle)
+    x = (c * u + s * v - du) / scale
+    y = (-s * u + c * v - dv) / scale
+    return x, y
+
+
+def _to_pixels(atten: np.ndarray, p: Patient, rng: np.random.Generator) -> np.ndarray:
+    """Attenuation -> film brightness in uint8 (bright = dense), with exposure and noise."""
+    gain = p.gain * float(rng.normal(1.0, 0.03))
+    img = 1.0 - np.exp(-0.95 * gain * np.maximum(atten, 0.0))  # H x W in [0, 1)
+    img = img ** (p.gamma * float(rng.normal(1.0, 0.03)))
+    # Quantum mottle at the pixel scale plus a slightly coarser grain.
+    h, w = img.shape
+    img = img + rng.normal(0.0, 0.016, size=(h, w)).astype(np.float32)
+    coarse = rng.standard_normal((h // 2 + 1, w // 2 + 1)).astype(np.float32)
+    img = img + 0.01 * np.repeat(np.repeat(coarse, 2, 0), 2, 1)[:h, :w]
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _lung_envelope(x, y, cx, cy, a, b, edge) -> np.ndarray:
+    """A lung's outline: a rounded apex, widening towards the base."""
+    widen = a * (1.0 + 0.14 * np.clip((y - cy) / b, -1.0, 1.0))  # H x W half-width at y
+    ratio = _power((x - cx) / widen, 3) + _power((y - cy) / b, 2)
+    return _soft((1.0 - ratio) * (a / 2.5), edge)
+
+
+def _vessels(p: Patient, x, y) -> np.ndarray:
+    """Lung markings: the zero crossings of smooth random fields look like branching vessels."""
+    f1 = _sample_field(p.texture[0], 1.6 * x, 1.6 * y)
+    f2 = _sample_field(p.texture[1], 3.0 * x, 3.0 * y)
+    return np.exp(-((f1 / 0.22) ** 2)) + 0.6 * np.exp(-((f2 / 0.2) ** 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Frontal film
+
+
+def render_frontal(
+    p: Patient, s: Study, projection: str, width: int, height: int, size: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One frontal (PA or AP) film of study ``s`` as a height x width uint8 array.
+
+    The image's left is the patient's right (``side`` -1), as on a real film.
+    """
+    x, y = _grid(width, height, size, p, rng)
+    edge = 1.6 / size  # anti-aliasing width: about a pixel
+    ap = projection == "AP"
+    x = x - p.shift
+    w, h = p.width, p.height
+    # AP films (sicker, often supine patients): poorer inspiration, magnified heart.
+    dia = p.diaphragm + (-0.05 if ap else 0.0) + float(rng.normal(0.0, 0.015))
+
+    # Body: trunk, shoulders and neck; the thick middle (mediastinum, abdomen) is densest.
+    trunk = _ellipse(x, y, 0.0, 0.4, 0.98 * w, 1.4 * h, 3 * edge, power=4)
+    neck = _ellipse(x, y, 0.0, -1.05, 0.2, 0.45, 3 * edge)
+    shoulders = _ellipse(x, y, 0.0, -0.62, 1.08 * w, 0.24, 6 * edge, power=3)
+    body = np.maximum(np.maximum(trunk, neck), shoulders)
+    atten = p.soft * 0.9 * body  # H x W
+    atten += 0.55 * p.soft * _ellipse(x, y, 0.0, 0.1, 0.8 * w, 1.15 * h, 0.1, power=3)
+
+    # Lungs: two envelopes cut by the mediastinum and the hemidiaphragm domes.
+    sides = {}
+    lungs = np.zeros_like(x)
+    for side in (-1.0, 1.0):  # -1: the patient's right (image left)
+        cx, a, b = side * 0.37 * w, 0.3 * w, 0.74 * h
+        envelope = _lung_envelope(x, y, cx, -0.04 * h, a, b, edge)
+        apex = dia + (p.diaphragm_asym if side > 0 else 0.0)  # the right dome sits higher
+        dome_c = cx - side * 0.05
+        dome = apex + 0.24 * ((x - dome_c) / a) ** 2  # H x W: diaphragm height under x
+        mediastinum = 0.075 * s.mediastinum + 0.03 * np.clip(y + 0.5, 0.0, 1.0)
+        if side > 0:  # the aortic knob bulges into the left lung
+            mediastinum = mediastinum + 0.06 * np.exp(-(((y + 0.42) / 0.08) ** 2))
+        lung = envelope * _soft(dome - y, edge) * _soft(side * x - mediastinum, edge)
+        lungs += lung
+        # The lateral costophrenic angle: where the dome meets the lateral wall.
+        lateral_x = cx + side * a * 1.08
+        sides[side] = (cx, a, envelope, apex + 0.24 * ((lateral_x - dome_c) / a) ** 2)
+
+    # Heart: from just right of the spine to the patient's left, resting on the diaphragm.
+    ctr = s.ctr * (1.08 if ap else 1.0)
+    thorax_w = 2 * (0.37 + 0.3 * 1.1) * w
+    right = -0.11 - 0.25 * (ctr - 0.45)
+    hw = 0.5 * ctr * thorax_w
+    heart = _ellipse(x, y, right + hw + 0.3 * p.heart_dx, dia - 0.12, hw, 0.28 * h, 2 * edge,
+                     angle=-p.heart_tilt)
+    atten += 0.08 * heart
+
+    # Air, with vessels densest around the hila.
+    hila = np.exp(-(((np.abs(x) - 0.17) / 0.2) ** 2 + ((y + 0.08) / 0.28) ** 2))
+    markings = (0.06 + 0.15 * hila) * _vessels(p, x, y) + 0.2 * hila
+    air = 1.1 * p.air * lungs * (1.0 - 0.85 * heart) * (1.0 - markings)
+
+    # Findings that replace air with fluid or tissue (fill = share of air displaced).
+    fill = np.zeros_like(x)
+    for side, (cx, a, envelope, cp) in sides.items():
+        sev = s.effusion[0] if side < 0 else s.effusion[1]
+        if sev < 0.08:
+            continue
+        # Upright, fluid settles to a level that rises with severity (first filling the
+        # costophrenic recess: a blunted angle) under a meniscus climbing the lateral wall.
+        t = np.clip((side * (x - cx) + a) / (2 * a), 0.0, 1.0)  # 0 medial .. 1 lateral
+        rise = 0.7 * sev * h
+        if ap:
+            # Supine: the fluid layers posteriorly: a lower level under a basal veil.
+            rise = 0.55 * rise
+            veil = np.clip((y - cp + 0.95 * h) / (0.95 * h), 0.0, 1.0) ** 1.5
+            fill = np.maximum(fill, 0.55 * min(sev, 1.0) * veil * envelope)
+        top = cp - rise - (0.06 + 0.5 * rise) * t**3  # H x W
+        fluid = _soft(y - top, 0.015 + 0.04 * sev) * envelope
+        fill = np.maximum(fill, 0.95 * fluid)
+    if s.edema > 0.3:
+        batwing = np.exp(-(((np.abs(x) - 0.22) / 0.25) ** 2 + ((y + 0.02) / 0.35) ** 2))
+        fill = np.maximum(fill, 0.6 * (s.edema - 0.3) / 0.7 * batwing)
+    if s.consolidation is not None:
+        side, cx, cy, r = s.consolidation
+        patchy = _soft(_sample_field(p.texture[1], 2 * x, 2 * y) + 0.9, 0.3)
+        fill = np.maximum(fill, 0.85 * _ellipse(x, y, side * cx * w, cy, 1.3 * r, r, 0.03) * patchy)
+    if s.atelectasis is not None:
+        side, cy, tilt = s.atelectasis
+        band = _ellipse(x, y, side * 0.38 * w, dia - cy, 0.18 * w, 0.016, edge, angle=tilt)
+        fill = np.maximum(fill, 0.8 * band)
+    for side, nx, ny, r in p.nodules:
+        fill = np.maximum(fill, 0.9 * _ellipse(x, y, side * nx * w, ny, r, r, edge))
+    atten -= air * (1.0 - fill)
+
+    if s.pneumothorax is not None:
+        side, depth = s.pneumothorax
+        cx, a, envelope, _ = sides[side]
+        # An apical-lateral rim of air without markings, edged by the visceral pleural line.
+        rim = side * (x - cx) - a + depth - 0.2 * np.clip(y + 0.3, 0.0, 1.0)
+        collapsed = _soft(rim, edge) * envelope
+        atten -= collapsed * p.air * 0.25
+        atten += 0.15 * np.exp(-((rim / (1.2 * edge)) ** 2)) * envelope * _soft(-rim + 0.02, edge)
+
+    # Bones.  Posterior ribs: arcs rising from the spine, then falling to the lateral wall.
+    r_abs = np.abs(x)
+    thorax = _ellipse(x, y, 0.0, -0.05 * h, 0.78 * w, 0.8 * h, 3 * edge, power=3)
+    phase = (y - 0.9 * (r_abs - 0.3) ** 2) / p.rib_spacing + p.rib_phase
+    posterior = (0.5 + 0.5 * np.cos(2 * math.pi * phase)) ** 6
+    # Anterior ribs: fainter, sloping down towards the sternum, fading medially.
+    phase = (y + 0.35 * r_abs) / (1.25 * p.rib_spacing) + 0.5 * p.rib_phase
+    anterior = (0.5 + 0.5 * np.cos(2 * math.pi * phase)) ** 6 * _soft(r_abs - 0.22, 0.05)
+    atten += thorax * _soft(r_abs - 0.07, edge) * (0.16 * posterior + 0.07 * anterior)
+    for side in (-1.0, 1.0):
+        clavicle = _bezier((side * 0.07, -0.66 * h), (side * 0.32, -0.64 * h),
+                           (side * 0.66, -0.8 * h))
+        atten += 0.22 * _tube(x, y, clavicle, 0.028, edge)
+        atten += 0.3 * _ellipse(x, y, side * 0.9 * w, -0.8 * h, 0.12, 0.13, 2 * edge)
+    if p.fracture is not None and s.index >= p.fracture_study:
+        side, k = p.fracture
+        atten += 0.3 * _ellipse(x, y, side * 0.62 * w, -0.55 + k * p.rib_spacing, 0.035, 0.025, edge)
+    vertebrae = 0.8 + 0.2 * np.cos(2 * math.pi * y / 0.12)
+    atten += 0.12 * _soft(0.06 - r_abs, edge) * _soft(0.6 - y, 0.05) * vertebrae
+    atten -= 0.22 * _soft(0.028 - np.abs(x + 0.01), edge) * _soft(-0.36 - y, 0.03)  # trachea
+
+    if p.sex == "Female":  # breast shadows over the lower lung fields
+        for side in (-1.0, 1.0):
+            atten += 0.15 * _ellipse(x, y, side * 0.45 * w, 0.5, 0.3, 0.22, 0.05)
+    if rng.random() < 0.5:  # gastric air under the left hemidiaphragm
+        cy = dia + p.diaphragm_asym + 0.2
+        atten -= 0.3 * _ellipse(x, y, 0.35 * w, cy, 0.09, 0.055, 0.02)
+    if p.pleural_other:  # pleural thickening along the left lateral wall
+        cx, a, envelope, _ = sides[1.0]
+        rim = cx + a * 1.02 - x
+        atten += 0.2 * _soft(0.03 - np.abs(rim), edge) * _soft(y + 0.3, 0.05) * envelope
+
+    atten += _draw_devices(x, y, s, edge, dia)
+    return _to_pixels(atten, p, rng)
+
+
+def _draw_devices(x, y, s: Study, edge: float, dia: float) -> np.ndarray:
+    """Bright curves of tubes and lines, and a pacemaker with its lead (frontal view)."""
+    out = np.zeros_like(x)
+    if "ett" in s.devices:  # endotracheal tube ending above the carina
+        out += 0.5 * _tube(x, y, np.array([[-0.01, -1.4], [-0.01, -0.45]]), 0.013, edge)
+    if "ngt" in s.devices:  # nasogastric tube down the oesophagus into the stomach
+        pts = _bezier((0.03, -1.4), (0.03, dia + 0.1), (0.35, dia + 0.25), n=12)
+        out += 0.45 * _tube(x, y, pts, 0.01, edge)
+    if "cvc" in s.devices:  # central line from the right neck into the superior vena cava
+        pts = _bezier((-0.5, -0.9), (-0.2, -0.6), (-0.06, -0.25), n=10)
+        out += 0.5 * _tube(x, y, pts, 0.009, edge)
+    if "pacemaker" in s.devices:  # generator over the left upper chest and its lead
+        out += 0.9 * _ellipse(x, y, 0.58, -0.62, 0.1, 0.065, edge, power=4)
+        pts = _bezier((0.55, -0.6), (0.1, -0.75), (-0.1, -0.1), (0.12, 0.3), n=12)
+        out += 0.55 * _tube(x, y, pts, 0.01, edge)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Lateral film (the patient faces the image's left: anterior = -x, posterior = +x)
+
+
+def render_lateral(
+    p: Patient, s: Study, width: int, height: int, size: int, rng: np.random.Generator,
+) -> np.ndarray:
+    """One lateral film of study ``s`` as a height x width uint8 array."""
+    x, y = _grid(width, height, size, p, rng)
+    edge = 1.6 / size
+    h = p.height
+    depth = 0.82 + 0.15 * p.soft  # anteroposterior chest depth grows with habitus
+    dia = p.diaphragm + float(rng.normal(0.0, 0.015))
+
+    body = _ellipse(x, y, 0.06, 0.35, 0.9 * depth, 1.45 * h, 3 * edge, power=3)
+    body = np.maximum(body, _ellipse(x, y, 0.15, -1.05, 0.32, 0.5, 3 * edge))  # neck
+    atten = p.soft * 1.3 * body  # a lateral film crosses more tissue than a frontal one
+    atten += 0.3 * _ellipse(x, y, -0.35, -0.9, 0.38, 0.2, 0.06, angle=0.45)  # raised arms
+
+    # One air space: both lungs superimposed between the sternum and the spine.
+    ant, post = -0.62 * depth, 0.52 * depth
+    cx, a = (ant + post) / 2, (post - ant) / 2
+    envelope = _lung_envelope(x, y, cx, -0.06 * h, a, 0.8 * h, edge)
+    t = np.clip((x - ant) / (post - ant), 0.0, 1.0)  # 0 anterior .. 1 posterior
+    # Diaphragm: a dome, low in the posterior costophrenic sulcus.
+    dome = dia - 0.02 - 0.1 * np.sin(math.pi * t) + 0.36 * t**2  # H x W
+    lung = envelope * _soft(dome - y, edge)
+    k = s.ctr / 0.45
+    heart = _ellipse(x, y, ant + 0.3 * k, dia - 0.12, 0.3 * k, 0.27, 2 * edge, angle=0.5)
+    hila = np.exp(-(((x - cx - 0.08) / 0.2) ** 2 + ((y + 0.08) / 0.25) ** 2))
+    markings = (0.06 + 0.15 * hila) * _vessels(p, x, y) + 0.25 * hila
+    air = 0.95 * p.air * lung * (1.0 - 0.8 * heart) * (1.0 - markings)
+
+    fill = np.zeros_like(x)
+    sev = max(s.effusion) + 0.5 * min(s.effusion)  # both sides superimpose on a lateral
+    if sev >= 0.08:
+        bottom = dia - 0.02 + 0.36  # the posterior costophrenic sulcus
+        rise = 0.6 * min(sev, 1.2) * h
+        top = bottom - rise - (0.05 + 0.4 * rise) * t**3  # a level; the meniscus rises posteriorly
+        fill = np.maximum(fill, 0.95 * _soft(y - top, 0.015 + 0.04 * sev) * envelope)
+    if s.consolidation is not None:
+        _, _, cy, r = s.consolidation
+        fill = np.maximum(fill, 0.7 * _ellipse(x, y, cx + 0.1, cy, 1.2 * r, r, 0.03))
+    atten -= air * (1.0 - fill)
+    atten += 0.15 * heart
+
+    # Spine: vertebral bodies separated by darker discs, with a gentle kyphosis.
+    spine_x = post + 0.16 + 0.05 * (y + 0.2) ** 2
+    discs = np.cos(math.pi * (y / 0.13 + p.rib_phase)) ** 16
+    column = _soft(0.075 - np.abs(x - spine_x), edge) * _soft(1.3 - y, 0.05)
+    atten += 0.3 * column * (1.0 - 0.6 * discs)
+    phase = (y - 0.3 * (x - post)) / p.rib_spacing + p.rib_phase
+    ribs = (0.5 + 0.5 * np.cos(2 * math.pi * phase)) ** 8
+    atten += 0.08 * ribs * envelope * _soft(x - cx, 0.15)
+    sternum = _soft(0.025 - np.abs(x - ant - 0.01), edge) * _soft(0.4 - np.abs(y + 0.1), 0.03)
+    atten += 0.2 * sternum
+    atten -= 0.15 * _tube(x, y, np.array([[0.08, -1.3], [0.14, -0.3]]), 0.035, edge)  # trachea
+    if s.devices:
+        pts = _bezier((0.08, -1.3), (0.08, -0.5), (-0.05, 0.1), n=12)
+        atten += 0.4 * _tube(x, y, pts, 0.01, edge)
+    if rng.random() < 0.5:  # gastric air
+        atten -= 0.25 * _ellipse(x, y, cx - 0.1, dia + 0.25, 0.1, 0.06, 0.02)
+    return _to_pixels(atten, p, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+def _patient_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([VERSION, seed, index]))
+
+
+def _image_shape(rng: np.random.Generator, size: int) -> tuple[int, int]:
+    """Width = size (the shorter side); portrait heights vary like CheXpert's films."""
+    return size, int(round(size * float(rng.choice([1.0, 1.1, 1.2, 1.25]))))
+
+
+def _encode_jpeg(pixels: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(pixels, mode="L").save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    os.replace(tmp, path)
+
+
+def _generate_patient(task: tuple[int, int, str, int, Path, int]) -> list[list]:
+    """Draw one patient's studies and images; returns their CSV rows (worker entry point)."""
+    seed, index, split, number, out, size = task
+    rng = _patient_rng(seed, index)
+    patient = _sample_patient(rng)
+    studies = _sample_studies(rng, patient)
+    rows = []
+    clean = split != "train"
+    for study in studies:
+        labels = study_labels(patient, study, rng, clean)
+        age = int(round(study.age))
+        for view_no, projection in enumerate(study.views, start=1):
+            width, height = _image_shape(rng, size)
+            if projection == "LATERAL":
+                pixels = render_lateral(patient, study, width, height, size, rng)
+                kind, ap_pa = "lateral", ""
+            else:
+                pixels = render_frontal(patient, study, projection, width, height, size, rng)
+                kind, ap_pa = "frontal", projection
+            rel = f"{split}/patient{number:05d}/study{study.index + 1}/view{view_no}_{kind}.jpg"
+            _encode_jpeg(pixels, out / rel)
+            rows.append([rel, patient.sex, age, kind.capitalize(), ap_pa, *labels])
+    return rows
+
+
+def _generate_chunk(tasks: list[tuple]) -> list[list[list]]:
+    return [_generate_patient(t) for t in tasks]
+
+
+def assign_splits(n_patients: int, seed: int) -> list[str]:
+    """Patient index -> split: a seeded shuffle cut at 80/10/10 (patient-disjoint by design)."""
+    order = np.random.default_rng(np.random.SeedSequence([VERSION, seed, 1 << 30])).permutation(
+        n_patients
+    )
+    n_valid = max(1, round(n_patients * SPLIT_FRACTIONS["valid"])) if n_patients >= 3 else 0
+    n_test = max(1, round(n_patients * SPLIT_FRACTIONS["test"])) if n_patients >= 3 else 0
+    n_train = n_patients - n_valid - n_test
+    splits = [""] * n_patients
+    for rank, index in enumerate(order):
+        splits[index] = "train" if rank < n_train else ("valid" if rank < n_train + n_valid else "test")
+    return splits
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    """CheXpert-style CSV: labels as 1.0/0.0/-1.0, blanks empty (byte-stable formatting)."""
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.1f}"
+        return str(v)
+
+    lines = [",".join(CSV_COLUMNS)] + [",".join(cell(v) for v in row) for row in rows]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pool_context():
+    # forkserver: safe in processes that already run threads (Ray workers, DataLoader).
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove a previous phantom from ``out`` (only files a phantom writes)."""
+    for name in ("train", "valid", "test"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for name in ("train.csv", "valid.csv", "test.csv", MANIFEST):
+        (out / name).unlink(missing_ok=True)
+
+
+def make_phantom(
+    out: Path,
+    n_patients: int,
+    image_size: int = 128,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Generate the phantom dataset under ``out`` in CheXpert's layout.
+
+    Writes ``out/{train,valid,test}.csv`` (CheXpert's columns, paths relative to ``out``),
+    the JPEGs under ``out/{split}/patientNNNNN/studyK/viewJ_{frontal,lateral}.jpg`` (width
+    ``image_size``, height 1.0-1.25 x that) and ``out/phantom.json`` (parameters and the
+    summary).  A directory already holding the phantom of the same parameters is reused as
+    is; one holding another phantom is regenerated; any other non-empty directory is refused.
+
+    Args:
+        out: target directory.
+        n_patients: number of patients (split about 80/10/10, patient-disjoint).
+        image_size: the shorter side of every image in pixels.
+        seed: the dataset seed; the same seed gives byte-identical files.
+        workers: processes drawing patients in parallel (default: the usable CPUs).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        Summary counts: ``patients``, ``studies``, ``images``, ``frontal``, ``lateral``
+        (each a dict per split) and ``effusion_prevalence`` per split (share of images
+        labelled 1.0), plus ``out`` and ``seconds``.
+    """
+    out = Path(out)
+    if n_patients < 1:
+        raise MedaugError(f"the phantom needs at least 1 patient, got {n_patients}")
+    if image_size < 16:
+        raise MedaugError(f"phantom image size must be at least 16 pixels, got {image_size}")
+    params = {"version": VERSION, "n_patients": n_patients, "image_size": image_size, "seed": seed}
+    manifest = out / MANIFEST
+    if manifest.exists():
+        try:
+            previous = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        if previous.get("params") == params and all(
+            (out / f"{s}.csv").exists() for s in SPLIT_FRACTIONS
+        ):
+            return previous["summary"]
+        _clear_previous(out)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedaugError(
+            f"{out} exists and does not hold a phantom dataset; choose a new or empty directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    splits = assign_splits(n_patients, seed)
+    # Patient numbers follow CheXpert: train patients first, then valid, then test.
+    numbers, counter = [0] * n_patients, 0
+    for split in SPLIT_FRACTIONS:
+        for index in range(n_patients):
+            if splits[index] == split:
+                counter += 1
+                numbers[index] = counter
+    tasks = [(seed, i, splits[i], numbers[i], out, image_size) for i in range(n_patients)]
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    chunk = max(1, min(32, math.ceil(n_patients / (4 * workers))))
+    chunks = [tasks[i : i + chunk] for i in range(0, n_patients, chunk)]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_patients, desc="phantom patients", unit="patient", disable=not progress)
+    results: list[list[list]] = []
+    if workers == 1 or len(chunks) == 1:
+        for c in chunks:
+            results.extend(_generate_chunk(c))
+            bar.update(len(c))
+    else:
+        with _pool_context().Pool(min(workers, len(chunks))) as pool:
+            for c, rows in zip(chunks, pool.imap(_generate_chunk, chunks)):
+                results.extend(rows)
+                bar.update(len(c))
+    bar.close()
+
+    by_split: dict[str, list[list]] = {s: [] for s in SPLIT_FRACTIONS}
+    for index in sorted(range(n_patients), key=lambda i: numbers[i]):
+        by_split[splits[index]].extend(results[index])
+    summary = _summarise(by_split, splits)
+    summary["out"] = str(out)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    for split, rows in by_split.items():
+        _write_csv(out / f"{split}.csv", rows)
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps({"params": params, "summary": summary}, indent=2) + "\n")
+    os.replace(tmp, manifest)
+    return summary
+
+
+def _summarise(by_split: dict[str, list[list]], splits: list[str]) -> dict:
+    effusion = CSV_COLUMNS.index("Pleural Effusion")
+    summary: dict = {k: {} for k in ("patients", "studies", "images", "frontal", "lateral")}
+    summary["effusion_prevalence"] = {}
+    for split, rows in by_split.items():
+        summary["patients"][split] = splits.count(split)
+        summary["studies"][split] = len({r[0].rsplit("/", 1)[0] for r in rows})
+        summary["images"][split] = len(rows)
+        summary["frontal"][split] = sum(r[3] == "Frontal" for r in rows)
+        summary["lateral"][split] = sum(r[3] == "Lateral" for r in rows)
+        pos = sum(r[effusion] == 1.0 for r in rows)
+        summary["effusion_prevalence"][split] = round(pos / len(rows), 4) if rows else 0.0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure
+
+
+def plot_samples(out_dir: Path, png: Path) -> Path:
+    """A grid of phantom samples: one patient across studies (frontal over lateral) whose
+    effusion changes, and frontals of a few other patients.
+
+    Args:
+        out_dir: a phantom made by :func:`make_phantom`.
+        png: the figure to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from PIL import Image
+
+    out_dir, png = Path(out_dir), Path(png)
+    if not (out_dir / "train.csv").exists():
+        raise MedaugError(f"{out_dir} holds no phantom (train.csv missing); run make_phantom first")
+    df = pd.read_csv(out_dir / "train.csv")
+    df["study"] = df["Path"].str.rsplit("/", n=1).str[0]
+    df["patient"] = df["Path"].str.split("/").str[1]
+
+    def score(group: pd.DataFrame) -> float:
+        per_study = group.groupby("study", sort=False)
+        has_both = per_study["Frontal/Lateral"].agg(lambda v: {"Frontal", "Lateral"} <= set(v))
+        effusion = per_study["Pleural Effusion"].first().fillna(0.0)
+        return 2.0 * has_both.sum() + 3.0 * (effusion.nunique() > 1) + min(len(per_study), 4)
+
+    scores = {pid: score(g) for pid, g in df.groupby("patient", sort=True)}
+    best = max(scores, key=lambda k: (scores[k], k))
+    studies = list(dict.fromkeys(df.loc[df["patient"] == best, "study"]))[:4]
+    others = [p for p in sorted(scores) if p != best][:4]
+    ncols = max(len(studies), len(others), 1)
+    fig, axes = plt.subplots(3, ncols, figsize=(2.4 * ncols, 8.2), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+
+    def show(ax, row: pd.Series, title: str) -> None:
+        ax.imshow(np.asarray(Image.open(out_dir / row["Path"])), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=8)
+
+    def effusion_text(v: float) -> str:
+        return {1.0: "effusion +", 0.0: "effusion -", -1.0: "effusion ?"}.get(v, "effusion blank")
+
+    for j, study in enumerate(studies):
+        rows = df[df["study"] == study]
+        for i, kind in enumerate(("Frontal", "Lateral")):
+            match = rows[rows["Frontal/Lateral"] == kind]
+            if len(match):
+                r = match.iloc[0]
+                view = r["AP/PA"] if kind == "Frontal" else "lateral"
+                show(axes[i, j], r, f"{study.split('/', 1)[1]} {view}\n{effusion_text(r['Pleural Effusion'])}")
+    for j, pid in enumerate(others):
+        frontal = df[(df["patient"] == pid) & (df["Frontal/Lateral"] == "Frontal")]
+        if len(frontal):
+            r = frontal.iloc[0]
+            show(axes[2, j], r, f"{pid} {r['AP/PA']}\n{effusion_text(r['Pleural Effusion'])}")
+    fig.suptitle(f"phantom: {best} across studies (rows 1-2), other patients (row 3)", fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png

@@ -1,0 +1,624 @@
+"""MoCo v2 pretraining with metadata-chosen positive pairs (MedAug), as a plain function.
+
+One epoch: the pair sampler draws one partner x' for every anchor x; the anchors are taken
+in a seeded permutation, a global batch at a time (each worker its own slice of it); the
+query encoder sees an augmented x, the momentum key encoder an augmented x'; the loss owns
+the negatives; the queue receives the keys together with the KEY images' laterality,
+patient, study and row.  Every ``knn_every`` epochs a kNN classifier on frozen backbone
+features scores the target observation on validation images, and the best epoch is kept.
+
+No Ray here: :func:`pretrain` takes a ``report(metrics, checkpoint_dir)`` callable, and runs
+data-parallel whenever ``torch.distributed`` is initialised (DDP on the query encoder, keys
+and their metadata gathered across workers before enqueueing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.engine import checkpoint as ckpt
+from medaug.engine.data import PreparedData, pair_index, prepare_data
+from medaug.engine.schedule import (
+    build_optimizer,
+    check_optimizer,
+    check_schedule,
+    lr_schedule,
+    set_lr,
+)
+from medaug.errors import MedaugError
+
+Report = Callable[[dict, "Path | None"], None]
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+EVENTS_FILE = "events.jsonl"
+
+# Settings that may change between a run and its resumption without breaking exactness of
+# what was already trained (a longer run, other monitor or checkpoint cadence).
+_RESUMABLE_CHANGES = (
+    "pretrain.epochs", "pretrain.knn_every", "pretrain.knn_bank", "pretrain.knn_queries",
+    "pretrain.knn_k", "pretrain.checkpoint_every", "pretrain.keep_checkpoints",
+    "pretrain.max_failures", "pretrain.num_workers", "pretrain.use_gpu", "output",
+    "data.cache_dir", "data.num_loader_workers",
+)
+
+
+def check_pretrain(cfg: Config) -> None:
+    """Everything about a pretraining job that can be checked before any work starts.
+
+    ``medaug.config.check_config`` already covered the registries it knows (criteria,
+    negative strategies, crop scale, queue divisibility, weights file); this adds the
+    engine's own registries and limits, the backbone name and the metadata CSV.
+
+    Raises:
+        MedaugError: naming the key and the valid choices.
+    """
+    from medaug.config import check_config
+    from medaug.moco.model import check_arch
+    from medaug.moco.negatives import check_strategy
+
+    check_config(cfg)
+    p = cfg.pretrain
+    check_strategy(p.negatives)
+    check_arch(p.arch)
+    check_optimizer(p.optimizer)
+    check_schedule(p.lr_schedule)
+    for key, value, low in (
+        ("checkpoint_every", p.checkpoint_every, 1),
+        ("keep_checkpoints", p.keep_checkpoints, 1),
+        ("knn_every", p.knn_every, 0),
+        ("knn_k", p.knn_k, 1),
+        ("knn_bank", p.knn_bank, 1),
+        ("knn_queries", p.knn_queries, 1),
+        ("queue_size", p.queue_size, 1),
+        ("bn_groups", p.bn_groups, 1),
+        ("max_failures", p.max_failures, -1),
+    ):
+        if value < low:
+            raise MedaugError(f"pretrain.{key} must be at least {low}, got {value}")
+    if p.max_steps_per_epoch is not None and p.max_steps_per_epoch < 1:
+        raise MedaugError(
+            f"pretrain.max_steps_per_epoch must be at least 1 or none, got {p.max_steps_per_epoch}"
+        )
+    if p.batch_size % p.bn_groups:
+        raise MedaugError(
+            f"pretrain.batch_size ({p.batch_size}) must be divisible by pretrain.bn_groups "
+            f"({p.bn_groups})"
+        )
+    if p.lr <= 0 or p.weight_decay < 0 or not 0 < p.temperature:
+        raise MedaugError("pretrain.lr and pretrain.temperature must be positive, weight_decay >= 0")
+    if not 0.0 <= p.hflip <= 1.0:
+        raise MedaugError(f"pretrain.hflip is a probability in [0, 1], got {p.hflip}")
+    if p.rotation < 0:
+        raise MedaugError(f"pretrain.rotation must be >= 0 degrees, got {p.rotation}")
+    if not cfg.data.csv:
+        raise MedaugError("data.csv is not set: give the dataset's metadata CSV")
+    if not Path(cfg.data.csv).exists():
+        raise MedaugError(f"data.csv {cfg.data.csv} does not exist")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    """CUDA (this worker's GPU) when asked for and available, else CPU."""
+    if use_gpu and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixing ``parts`` (so streams of different purposes never coincide)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _read_images(images: Any, rows: np.ndarray) -> torch.Tensor:
+    """``images[rows]`` as a uint8 tensor (len(rows) x S x S), read in ascending order.
+
+    One fancy-indexed read of the memmap, sorted so the page cache is walked forwards; the
+    original order is restored on the tensor.
+    """
+    order = np.argsort(rows, kind="stable")
+    batch = torch.from_numpy(np.ascontiguousarray(images[rows[order]]))  # B x S x S
+    inverse = torch.from_numpy(np.argsort(order, kind="stable"))
+    return batch[inverse]
+
+
+def _as_number(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# One optimisation step.
+
+
+class TrainStep:
+    """One MoCo v2 step from table rows: read, augment, encode, loss, optimise, enqueue.
+
+    Everything runs batched on tensors: one sorted slice read of the cache per view, one
+    affine resample per batch for the augmentations, the loss over the whole queue.
+
+    Args:
+        model: the MoCo model (unwrapped); net: the module called for (q, k), i.e. the DDP
+            wrapper of ``model`` when distributed, else ``model`` itself.
+        queue: the KeyQueue; optimizer, scaler: the optimiser and its AMP GradScaler.
+        data: the prepared dataset (images and metadata codes).
+        cfg: the config (pretrain section: augmentations, loss, temperature).
+        device: where the step runs; generator: the random source of augmentations, key
+            shuffles and loss sampling (on ``device``).
+    """
+
+    def __init__(self, model, net, queue, optimizer, scaler, data: PreparedData, cfg: Config,
+                 device: torch.device, generator: torch.Generator) -> None:
+        p = cfg.pretrain
+        self.model, self.net, self.queue = model, net, queue
+        self.optimizer, self.scaler = optimizer, scaler
+        self.images = data.cache.images
+        self.device, self.generator = device, generator
+        self.use_amp = bool(p.amp and device.type == "cuda")
+        self.size = cfg.data.image_size
+        self.aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale)
+        self.loss_args = dict(t=p.reweight_t, m=p.n_hard)
+        self.strategy, self.temperature = p.negatives, p.temperature
+        self.view = torch.from_numpy(data.view)  # N
+        self.patient = torch.from_numpy(data.patient)  # N
+        self.study = torch.from_numpy(data.study)  # N
+
+    def __call__(self, rows_q: np.ndarray, rows_k: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """Train on anchors ``rows_q`` paired with partners ``rows_k`` (B table rows each).
+
+        Returns:
+            the loss (a detached scalar tensor on the device) and the loss's stats.
+        """
+        from medaug.moco.augment import augment
+        from medaug.moco.negatives import contrastive_loss
+
+        device, gen = self.device, self.generator
+        x_q = _read_images(self.images, rows_q).to(device, non_blocking=True)  # B x S x S uint8
+        x_k = _read_images(self.images, rows_k).to(device, non_blocking=True)  # B x S x S uint8
+        x_q = augment(x_q, gen, self.size, **self.aug)  # B x 3 x S x S
+        x_k = augment(x_k, gen, self.size, **self.aug)  # B x 3 x S x S
+        q_view = self.view[rows_q].to(device)  # B
+
+        # MoCo's order: move the key encoder first, then encode; the loss sees the queue as
+        # it was before this batch's keys join it.
+        self.model.momentum_update()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+            q, k = self.net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
+        loss, stats = contrastive_loss(
+            q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
+            **self.loss_args,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # The queue takes the KEY images' metadata (x', not the anchor's), gathered across
+        # workers inside enqueue.
+        rows_k_t = torch.from_numpy(rows_k)
+        self.queue.enqueue(
+            k.detach(), self.view[rows_k_t].to(device), self.patient[rows_k_t].to(device),
+            self.study[rows_k_t].to(device), rows_k_t.to(device),
+        )
+        return loss.detach(), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN monitor.
+
+
+class KnnMonitor:
+    """Scores the target observation with a kNN classifier on frozen backbone features.
+
+    The memory bank (training images) and the queries (validation images, else test images)
+    are drawn once, seeded, among rows whose label counts under the uncertain-label policy,
+    so every epoch is scored on the same images.
+    """
+
+    def __init__(self, data: PreparedData, cfg: Config, device: torch.device) -> None:
+        p = cfg.pretrain
+        rng = np.random.default_rng(_seed(cfg.seed, 0x6B6E6E))
+        self.data = data
+        self.k = p.knn_k
+        self.size = cfg.data.image_size
+        self.device = device
+        self.batch_size = max(cfg.eval.feature_batch_size, 1)
+        self.amp = p.amp
+        target, policy = cfg.data.target, cfg.data.uncertain
+
+        def pick(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            labels, mask = data.labels(rows, target, policy)
+            rows, labels = rows[mask], labels[mask]
+            if len(rows) > n:
+                keep = np.sort(rng.choice(len(rows), size=n, replace=False))
+                rows, labels = rows[keep], labels[keep]
+            return rows, labels
+
+        self.bank_rows, self.bank_labels = pick(data.train, p.knn_bank)
+        query_pool = data.valid if len(data.valid) else data.test
+        self.query_rows, self.query_labels = pick(query_pool, p.knn_queries)
+        self.problem: str | None = None
+        if len(self.bank_rows) == 0:
+            self.problem = f"no training image has a usable {target!r} label"
+        elif len(query_pool) == 0:
+            self.problem = "the table has no validation or test rows to score"
+        elif len(np.unique(self.query_labels)) < 2:
+            self.problem = f"the kNN queries hold a single class of {target!r}"
+
+    def __call__(self, backbone: torch.nn.Module) -> float | None:
+        """kNN AUC of ``backbone`` (None when the monitor cannot score, see ``problem``)."""
+        if self.problem is not None:
+            return None
+        from medaug.eval.features import extract_features
+        from medaug.eval.knn import knn_auc
+
+        kwargs = dict(batch_size=self.batch_size, device=self.device, amp=self.amp, progress=False)
+        images = self.data.cache.images
+        bank = extract_features(backbone, images, self.bank_rows, self.size, **kwargs)  # B x D
+        query = extract_features(backbone, images, self.query_rows, self.size, **kwargs)  # Q x D
+        return float(knn_auc(bank, self.bank_labels, query, self.query_labels, self.k))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder bookkeeping (rank 0 only).
+
+
+def _read_metrics(out_dir: Path) -> list[dict]:
+    path = out_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash
+                break
+    return out
+
+
+def _write_metrics(out_dir: Path, records: list[dict]) -> None:
+    tmp = out_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, out_dir / METRICS_FILE)
+
+
+def _append_metrics(out_dir: Path, record: dict) -> None:
+    with open(out_dir / METRICS_FILE, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def clear_run(out_dir: str | Path) -> None:
+    """Forget a previous run in ``out_dir``: checkpoints, metrics, summary, events."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    shutil.rmtree(ckpt.checkpoints_dir(out_dir), ignore_errors=True)
+    for name in (METRICS_FILE, SUMMARY_FILE, EVENTS_FILE, ckpt.BEST_JSON):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _log_event(out_dir: Path, event: str, **fields: Any) -> None:
+    """Append one line to ``events.jsonl`` (starts, resumptions, ends of the run)."""
+    record = {"time": time.time(), "event": event, **fields}
+    with open(out_dir / EVENTS_FILE, "a") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
+
+
+def _resume_source(out_dir: Path, resume: bool, resume_from: str | Path | None) -> Path | None:
+    """The newest of ``resume_from`` and the run folder's latest checkpoint."""
+    if not resume:
+        return None
+    candidates = [Path(resume_from)] if resume_from is not None else []
+    latest = ckpt.latest_checkpoint(out_dir)
+    if latest is not None:
+        candidates.append(latest)
+    candidates = [c for c in candidates if (c / ckpt.STATE).exists()]
+    if not candidates:
+        return None
+    return max(candidates, key=ckpt.checkpoint_epoch)
+
+
+def _warn_config_changes(saved: dict, cfg: Config, source: Path) -> None:
+    old, new = flatten(saved), flatten(config_to_dict(cfg))
+    changed = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
+    )
+    if changed:
+        print(
+            f"medaug pretrain: warning: resuming from {source} with changed settings: "
+            + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6]),
+            file=sys.stderr,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def pretrain(
+    cfg: Config,
+    out_dir: str | Path,
+    report: Report | None = None,
+    resume: bool = True,
+    *,
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train MoCo v2 on ``cfg.data`` with the pairs, augmentations and negatives of ``cfg``.
+
+    Args:
+        cfg: the resolved config (``pretrain`` section; ``data`` for the images and the
+            monitor's target; ``seed``).
+        out_dir: run folder: checkpoints, ``metrics.jsonl``, ``summary.json``, ``best.json``,
+            ``config.yaml`` (written by rank 0).
+        report: called on every worker after every epoch with the epoch's metrics (identical
+            on all workers) and the checkpoint folder written this epoch (rank 0, on
+            checkpoint epochs) or None.  Metrics: epoch (completed epochs), loss, lr,
+            images_per_s, n_fallback_pairs (anchors of the epoch paired with themselves
+            because S_c(x) was empty), n_neg_fallback, n_neg_short (from the loss), knn_auc
+            (None on epochs without monitor), best_epoch, best_knn_auc.
+        resume: continue from the newest checkpoint of ``resume_from`` and ``out_dir``; with
+            False, a previous run in ``out_dir`` is cleared and training starts over.
+        resume_from: a checkpoint folder to continue from (e.g. the one Ray Train restored).
+        progress: progress bar and one line per epoch on stderr (rank 0).
+
+    Returns:
+        the summary (also written to ``summary.json``): best_epoch, best_knn_auc,
+        best_checkpoint, latest_checkpoint, epochs, final_loss, history (metrics per epoch).
+
+    Raises:
+        MedaugError: bad settings, missing data, or too few anchors for one global batch.
+    """
+    from medaug.moco.model import MoCo
+    from medaug.moco.queue import KeyQueue
+    from medaug.pairs import PairSampler
+
+    check_pretrain(cfg)
+    p = cfg.pretrain
+    out_dir = Path(out_dir)
+    rank, world = _dist_info()
+    distributed = world > 1
+    device = pick_device(p.use_gpu)
+    use_amp = bool(p.amp and device.type == "cuda")  # the GradScaler's switch
+    show = progress and rank == 0
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            clear_run(out_dir)
+    if distributed:
+        dist.barrier()  # nobody reads the folder while rank 0 clears it
+
+    # Identical initial weights on every worker (DDP would broadcast them anyway).
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)  # noqa: NPY002 (the global generator others may use)
+    torch.manual_seed(cfg.seed)
+
+    data = prepare_data(cfg, out_dir, progress=show)
+    index = pair_index(data, cfg)
+    sampler = PairSampler(index, seed=cfg.seed)
+    global_batch = p.batch_size * world
+    steps = len(index) // global_batch
+    if steps == 0:
+        raise MedaugError(
+            f"{len(index)} training anchors are fewer than one global batch ({p.batch_size} x "
+            f"{world} workers): lower pretrain.batch_size"
+        )
+    if p.max_steps_per_epoch is not None:
+        steps = min(steps, p.max_steps_per_epoch)
+    lrs = lr_schedule(p.lr_schedule, p.lr, p.epochs, steps, p.lr_milestones, p.lr_gamma)
+
+    model = MoCo.from_config(p).to(device)
+    queue = KeyQueue(p.queue_size, p.head_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    queue = queue.to(device)
+    optimizer = build_optimizer(
+        p.optimizer, (q for q in model.parameters() if q.requires_grad), p.lr, p.weight_decay,
+        p.sgd_momentum,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    # One stream for augmentations, key shuffles and loss sampling; reseeded every epoch
+    # from (seed, epoch, rank), so an epoch's draws never depend on the epochs before it.
+    gen = torch.Generator(device=device)
+    monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
+    if monitor is not None and monitor.problem and show:
+        print(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}", file=sys.stderr)
+
+    start_epoch = 0
+    best: dict[str, Any] = {"epoch": None, "knn_auc": None}
+    source = _resume_source(out_dir, resume, resume_from)
+    if source is not None:
+        state = ckpt.load_state(source, map_location="cpu")
+        _warn_config_changes(state["config"], cfg, source)
+        model.load_state_dict(state["model"])
+        queue.load_state_dict(state["queue"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng(state["rng"], {"augment": gen})
+        start_epoch = int(state["epoch"])
+        best = dict(state["best"])
+        if show:
+            print(f"medaug pretrain: resuming from {source} (epoch {start_epoch})", file=sys.stderr)
+
+    history: list[dict] = []
+    if rank == 0:
+        _log_event(out_dir, "resume" if source is not None else "start", epoch=start_epoch,
+                   source=source, world_size=world, device=str(device))
+        write_config(cfg, out_dir / CONFIG_FILE)
+        history = [m for m in _read_metrics(out_dir) if int(m.get("epoch", 0)) <= start_epoch]
+        _write_metrics(out_dir, history)
+
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    train_rows = data.train
+    train_step = TrainStep(model, net, queue, optimizer, scaler, data, cfg, device, gen)
+    latest_dir: Path | None = ckpt.latest_checkpoint(out_dir) if rank == 0 else None
+    metrics: dict[str, Any] = {}
+
+    for epoch in range(start_epoch, p.epochs):
+        model.train()
+        gen.manual_seed(_seed(cfg.seed, epoch, rank, 0x617567))
+        order = np.random.default_rng(_seed(cfg.seed, epoch, 0x6F7264)).permutation(len(index))
+        partners = sampler.sample(epoch)  # A train positions, aligned with index.anchors
+        used = order[: steps * global_batch]  # anchors (index positions) of this epoch
+        anchor_rows = train_rows[index.anchors[used]]  # steps*G table rows
+        partner_rows = train_rows[partners[used]]  # steps*G table rows
+        n_fallback = int(index.fallback[used].sum())
+
+        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, steps, neg fb, short
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{p.epochs}", file=sys.stderr,
+                   disable=not show, leave=False, mininterval=2.0)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            global_step = epoch * steps + step
+            set_lr(optimizer, float(lrs[global_step]))
+            mine = slice(step * global_batch + rank * p.batch_size,
+                         step * global_batch + (rank + 1) * p.batch_size)
+            rows_q, rows_k = anchor_rows[mine], partner_rows[mine]  # B, B
+            loss, stats = train_step(rows_q, rows_k)
+
+            # Accumulated on the device: no host synchronisation per step.
+            totals[0] += loss.double()
+            totals[1] += 1
+            totals[2] += stats["n_fallback"]
+            totals[3] += stats["n_short"]
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        elapsed = time.perf_counter() - t0
+        bar.close()
+        if distributed:
+            dist.all_reduce(totals)  # sums over workers
+        totals = totals.cpu()
+
+        completed = epoch + 1
+        knn = None
+        if monitor is not None and (completed % p.knn_every == 0 or completed == p.epochs):
+            value = torch.tensor([math.nan], dtype=torch.float64)
+            if rank == 0:
+                auc = monitor(model.backbone())
+                value[0] = math.nan if auc is None else auc
+            if distributed:
+                dist.broadcast(value, src=0)  # all workers report the same metrics
+            knn = _as_number(value[0])
+        improved = knn is not None and (best["knn_auc"] is None or knn > best["knn_auc"])
+        if improved:
+            best = {"epoch": completed, "knn_auc": knn}
+
+        metrics = {
+            "epoch": completed,
+            "loss": float(totals[0] / max(totals[1], 1)),
+            "lr": float(lrs[epoch * steps + steps - 1]),
+            "images_per_s": steps * global_batch / max(elapsed, 1e-9),
+            "n_fallback_pairs": n_fallback,
+            "n_neg_fallback": int(totals[2]),
+            "n_neg_short": int(totals[3]),
+            "knn_auc": knn,
+            "best_epoch": best["epoch"],
+            "best_knn_auc": best["knn_auc"],
+        }
+        if not math.isfinite(metrics["loss"]):
+            raise MedaugError(
+                f"the loss became {metrics['loss']} in epoch {completed}: lower pretrain.lr"
+            )
+
+        written: Path | None = None
+        if rank == 0:
+            save_now = completed % p.checkpoint_every == 0 or completed == p.epochs
+            if save_now or improved:
+                state = {
+                    "epoch": completed,
+                    "global_step": completed * steps,
+                    "model": model.state_dict(),
+                    "queue": queue.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": ckpt.capture_rng({"augment": gen}),
+                    "best": best,
+                    "config": config_to_dict(cfg),
+                    "metrics": metrics,
+                    "world_size": world,
+                }
+                meta = {"epoch": completed, **{k: v for k, v in metrics.items() if k != "epoch"}}
+                if save_now:
+                    written = ckpt.write_checkpoint(out_dir, completed, state, meta,
+                                                    keep=p.keep_checkpoints)
+                    latest_dir = written
+                if improved:
+                    ckpt.write_best(out_dir, state, meta, link_from=written)
+            history.append(metrics)
+            _append_metrics(out_dir, metrics)
+            if show:
+                knn_text = "-" if knn is None else f"{knn:.4f}"
+                print(
+                    f"epoch {completed}/{p.epochs}  loss {metrics['loss']:.4f}  "
+                    f"lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s  "
+                    f"knn_auc {knn_text}  fallback pairs {n_fallback}  "
+                    f"neg fallback {metrics['n_neg_fallback']}  neg short {metrics['n_neg_short']}",
+                    file=sys.stderr,
+                )
+        if report is not None:
+            report(dict(metrics), written)
+
+    summary = _summary(out_dir, best, latest_dir, history, p.epochs)
+    if rank == 0:
+        _log_event(out_dir, "end", epoch=p.epochs, best_epoch=summary["best_epoch"])
+        tmp = out_dir / (SUMMARY_FILE + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out_dir / SUMMARY_FILE)
+    return summary
+
+
+def _summary(
+    out_dir: Path, best: dict, latest: Path | None, history: list[dict], epochs: int
+) -> dict:
+    best_dir = ckpt.checkpoints_dir(out_dir) / ckpt.BEST
+    has_best = (best_dir / ckpt.STATE).exists() and best["epoch"] is not None
+    last = history[-1] if history else {}
+    return {
+        "out_dir": str(out_dir),
+        "epochs": epochs,
+        "best_epoch": best["epoch"] if has_best else last.get("epoch"),
+        "best_knn_auc": best["knn_auc"] if has_best else None,
+        "best_checkpoint": str(best_dir if has_best else latest) if (has_best or latest) else None,
+        "latest_checkpoint": str(latest) if latest is not None else None,
+        "final_loss": last.get("loss"),
+        "history": history,
+    }
+
+
+def pretrain_local(cfg: Config, out_dir: str | Path, resume: bool = True) -> dict:
+    """Pretraining in this process, without Ray (same as :func:`pretrain` without report)."""
+    return pretrain(cfg, out_dir, None, resume)

@@ -1,0 +1,328 @@
+"""MoCo v2 encoders: a torchvision backbone plus an MLP head, and its momentum twin.
+
+The model returns unit vectors; the training loop owns the queue, the loss and the
+optimiser.  One step of the loop looks like::
+
+    model.momentum_update()
+    q, k = model(x_q, x_k)        # or model.query(x_q), model.key(x_k)
+    loss, stats = contrastive_loss(q, k, queue, q_view, ...)
+    queue.enqueue(k, k_view, ...)
+
+Batch-norm leak between a query and its key is prevented by shuffle-BN: across workers
+when torch.distributed runs with several of them (MoCo's recipe), and within one worker by
+batch-split BN (``bn_groups``) with the key batch shuffled across the groups.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from medaug.errors import MedaugError
+from medaug.moco.bn import convert_split_bn
+
+# name -> (constructor, name of the classifier attribute replaced by Identity)
+_ARCHS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "resnet18": (torchvision.models.resnet18, "fc"),
+    "resnet50": (torchvision.models.resnet50, "fc"),
+    "densenet121": (torchvision.models.densenet121, "classifier"),
+}
+INITS = ("random", "imagenet")
+
+
+def list_archs() -> list[str]:
+    """Names of the registered backbones."""
+    return list(_ARCHS)
+
+
+def check_arch(name: str) -> str:
+    """Return ``name`` if it is a registered backbone, else raise a MedaugError listing them."""
+    if name not in _ARCHS:
+        raise MedaugError(f"unknown backbone {name!r} (pretrain.arch); valid: {', '.join(_ARCHS)}")
+    return name
+
+
+# Old DenseNet checkpoints name layers "norm.1"; torchvision modules call them "norm1".
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is the user's to fix
+        raise MedaugError(f"cannot read weights file {path}: {err}".splitlines()[0]) from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise MedaugError(
+            f"weights file {path} holds no state dict (expected a mapping of tensors, "
+            "possibly under 'state_dict' or 'model')"
+        )
+    out = {}
+    for key, value in obj.items():
+        key = key.removeprefix("module.")  # saved from DataParallel/DDP
+        key = _DENSENET_KEY.sub(r"\1\2", key)
+        out[key] = value
+    return out
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path, classifier: str) -> None:
+    """Load a local torchvision-style state dict into ``model`` (``classifier.*`` keys dropped:
+    the model's classifier is already an Identity).
+
+    Raises:
+        MedaugError: the file is missing or unreadable, or its keys/shapes do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedaugError(
+            f"weights file {path} does not exist (pretrain.weights; weights are never downloaded)"
+        )
+    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(f"{classifier}.")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise MedaugError(
+            f"weights file {path} does not fit {type(model).__name__}: {'; '.join(parts)}"
+        )
+    model.load_state_dict(state)
+
+
+def build_backbone(
+    arch: str = "resnet18", init: str = "random", weights: str | None = None
+) -> tuple[nn.Module, int]:
+    """A torchvision backbone returning N x D features (its classifier replaced by Identity).
+
+    Args:
+        arch: a name from :func:`list_archs`.
+        init: "random" or "imagenet"; "imagenet" loads the local file ``weights`` (a plain
+            state dict or a dict holding one under "state_dict"/"model"); nothing is ever
+            downloaded.
+        weights: path of the weights file for ``init="imagenet"``.
+
+    Returns:
+        The backbone (input N x 3 x H x W) and its feature dimension D.
+    """
+    ctor, classifier = _ARCHS[check_arch(arch)]
+    if init not in INITS:
+        raise MedaugError(f"unknown init {init!r} (pretrain.init); valid: {', '.join(INITS)}")
+    model = ctor(weights=None)
+    dim = getattr(model, classifier).in_features
+    setattr(model, classifier, nn.Identity())
+    if init == "imagenet":
+        if not weights:
+            raise MedaugError("init = imagenet needs a local weights file (pretrain.weights)")
+        load_backbone_weights(model, weights, classifier)
+    return model, dim
+
+
+class ProjectionHead(nn.Sequential):
+    """MoCo v2's MLP head: Linear(in_dim, hidden) - ReLU - Linear(hidden, out_dim).
+
+    Input N x in_dim, output N x out_dim (not normalised).
+    """
+
+    def __init__(self, in_dim: int = 512, hidden: int = 512, out_dim: int = 128) -> None:
+        super().__init__(
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out_dim),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Free tensor functions.
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+@torch.no_grad()
+def concat_all_gather(t: Tensor) -> Tensor:
+    """Concatenate ``t`` (B x ...) from all workers along dim 0 (W*B x ..., rank order).
+
+    Identity when torch.distributed is not running or has a single worker.  No gradient
+    flows through the gathered copies.
+    """
+    world = _world_size()
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def momentum_update(q_model: nn.Module, k_model: nn.Module, m: float) -> None:
+    """theta_k <- m * theta_k + (1 - m) * theta_q for every parameter (buffers untouched)."""
+    q_params = list(q_model.parameters())
+    k_params = list(k_model.parameters())
+    if len(q_params) != len(k_params):
+        raise ValueError("query and key models have different parameter lists")
+    torch._foreach_mul_(k_params, m)
+    torch._foreach_add_(k_params, q_params, alpha=1.0 - m)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class MoCo(nn.Module):
+    """Query encoder, momentum key encoder and the shuffle-BN that keeps them apart.
+
+    Args:
+        arch: backbone name (:func:`list_archs`).
+        init: "random" or "imagenet" (see :func:`build_backbone`).
+        weights: local weights file for ``init="imagenet"``.
+        hidden: hidden width of the projection head (reference: 512).
+        dim: output dimension C (reference: 128).
+        momentum: key-encoder momentum m (reference: 0.999).
+        bn_groups: BN groups per worker batch (1 = plain BN); batches must divide by it.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet18",
+        init: str = "random",
+        weights: str | None = None,
+        hidden: int = 512,
+        dim: int = 128,
+        momentum: float = 0.999,
+        bn_groups: int = 1,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= momentum <= 1.0:
+            raise MedaugError(f"momentum must lie in [0, 1], got {momentum}")
+        if bn_groups < 1:
+            raise MedaugError(f"bn_groups must be at least 1, got {bn_groups}")
+        backbone, feat_dim = build_backbone(arch, init, weights)
+        backbone = convert_split_bn(backbone, bn_groups)
+        self.encoder_q = nn.Sequential(
+            OrderedDict(backbone=backbone, head=ProjectionHead(feat_dim, hidden, dim))
+        )
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)
+        self.momentum = momentum
+        self.bn_groups = bn_groups
+        self.feature_dim = feat_dim
+        self.dim = dim
+
+    @classmethod
+    def from_config(cls, p) -> MoCo:
+        """Build from a :class:`medaug.config.PretrainConfig`."""
+        return cls(
+            arch=p.arch,
+            init=p.init,
+            weights=p.weights,
+            hidden=p.head_hidden,
+            dim=p.head_dim,
+            momentum=p.momentum,
+            bn_groups=p.bn_groups,
+        )
+
+    def backbone(self) -> nn.Module:
+        """The query encoder's backbone (N x 3 x H x W -> N x D), for evaluation.
+
+        Its BN layers split training batches into ``bn_groups`` groups; in eval mode they
+        are plain BatchNorm2d.  Its state dict loads into ``build_backbone(arch)[0]``.
+        """
+        return self.encoder_q.backbone
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """Move the key encoder towards the query encoder (call once per step, before key)."""
+        momentum_update(self.encoder_q, self.encoder_k, self.momentum)
+
+    def query(self, x: Tensor) -> Tensor:
+        """N x 3 x H x W -> N x C unit query vectors (float32, with gradient)."""
+        return F.normalize(self.encoder_q(x).float(), dim=1)
+
+    @torch.no_grad()
+    def key(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """N x 3 x H x W -> N x C unit keys (float32, no gradient), row i from image i.
+
+        In training mode the batch is shuffled before the key encoder and unshuffled after,
+        so image i is normalised with a different set of images than its query: across all
+        workers when torch.distributed has several, else across this worker's BN groups.
+        ``generator`` (on any device) makes the shuffle reproducible.
+        """
+        if not self.training:
+            return F.normalize(self.encoder_k(x).float(), dim=1)
+        if _world_size() > 1:
+            return self._key_distributed(x, generator)
+        n = x.shape[0]
+        perm = _randperm(n, generator, x.device)  # N: shuffled position -> image
+        k = self.encoder_k(x[perm]).float()  # N x C, row p = image perm[p]
+        k = k[torch.argsort(perm)]  # N x C, row i = image i
+        return F.normalize(k, dim=1)
+
+    def _key_distributed(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        """MoCo's shuffle-BN: gather all workers' key inputs, permute, compute, unshuffle."""
+        b = x.shape[0]
+        x_all = concat_all_gather(x)  # W*B x 3 x H x W
+        total = x_all.shape[0]
+        perm = _randperm(total, generator, x.device)
+        dist.broadcast(perm, src=0)  # every worker uses rank 0's permutation
+        rank = dist.get_rank()
+        mine = perm[rank * b : (rank + 1) * b]  # B global image indices this worker encodes
+        k = self.encoder_k(x_all[mine]).float()  # B x C
+        k_all = concat_all_gather(k)  # W*B x C, row p = image perm[p]
+        k_all = k_all[torch.argsort(perm)]  # W*B x C, row g = global image g
+        return F.normalize(k_all[rank * b : (rank + 1) * b], dim=1)
+
+    def forward(
+        self, x_q: Tensor, x_k: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """q = query(x_q), and (q, k) when ``x_k`` is given (use this under DDP).
+
+        The momentum update is not done here: call :meth:`momentum_update` first.
+        """
+        q = self.query(x_q)
+        if x_k is None:
+            return q
+        return q, self.key(x_k, generator)
+
+
+def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=gen_device).to(device)
+
+
+def extract_backbone_state(state: dict[str, Tensor], prefix: str = "encoder_q.backbone.") -> dict:
+    """The query backbone's weights out of a MoCo state dict (keys without ``prefix``).
+
+    Also strips a leading "module." (DDP); raises MedaugError when no key has the prefix.
+    """
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(prefix):
+            out[key[len(prefix) :]] = value
+    if not out:
+        raise MedaugError(f"the checkpoint holds no {prefix!r} weights (not a MoCo state dict?)")
+    return out

@@ -1,0 +1,348 @@
+"""The sweep driver: a Ray Tune run of trials (pretrain on Ray Train, evaluate), tracked in MLflow.
+
+:func:`run_sweep` lays out the output folder, checks everything it can before any trial
+starts (every trial's config, the data, the tracking store), builds the shared inputs once
+(the image cache; the label splits are drawn by the first evaluation and reused by all),
+then runs Ray Tune:
+
+* grid sweeps: Tune's ``grid_search`` over the pre-expanded trial keys; continuous spaces:
+  ``OptunaSearch`` (``num_samples`` draws); optional ASHA early stopping on the per-epoch
+  kNN AUC that pretraining forwards to Tune;
+* one trial process per trial (``tune.with_resources``: ``tune.resources``), which launches
+  its own Ray Train pretraining workers (``pretrain.num_workers``, ``use_gpu``), then
+  evaluates; ``max_concurrent`` bounds the trials in flight;
+* Tune's experiment state under ``OUTPUT/tune/<name>``; ``resume=True`` restores it
+  (``Tuner.restore``: unfinished trials continue, errored ones restart) and each trial
+  resumes from its own folder (see :mod:`medaug.tune.trial`).
+
+The output folder::
+
+    OUTPUT/sweep.json      name, sweep id, tracking URI, trial keys (the resume anchor)
+    OUTPUT/sweep.yaml      the sweep as run (after --set)
+    OUTPUT/mlflow.db       the MLflow store (default tracking URI), OUTPUT/mlartifacts/
+    OUTPUT/cache/          the image cache shared by the trials;  OUTPUT/splits.csv
+    OUTPUT/trials/<key>/   one folder per trial
+    OUTPUT/tune/<name>/    Ray Tune's experiment state
+    OUTPUT/report/         results.md, results.csv, results.png
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medaug.errors import MedaugError
+from medaug.tune.report import STATE_FILE, ResultTable, write_report
+from medaug.tune.space import (
+    SweepConfig,
+    load_sweep,
+    sample_points,
+    smoke_sweep,
+    trial_for_config,
+)
+from medaug.tune.tracking import (
+    Tracker,
+    default_artifact_location,
+    default_tracking_uri,
+    mlflow_ui_command,
+    quiet_mlflow,
+)
+from medaug.tune.trial import SweepContext, run_trial
+
+SWEEP_FILE = "sweep.yaml"
+TUNE_DIR = "tune"
+SMOKE_DATA = "smoke_data"
+# The smoke phantom: enough patients for pool, selection and test partitions with both
+# classes, small enough to draw in seconds.
+SMOKE_PHANTOM = {"n_patients": 40, "image_size": 32, "seed": 0}
+
+
+def run_sweep(
+    sweep_cfg: SweepConfig | str | Path | None,
+    output: str | Path,
+    resume: bool = False,
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    *,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+) -> ResultTable:
+    """Run (or resume) a sweep and return its results table.
+
+    Args:
+        sweep_cfg: a loaded sweep, a sweep file path / shipped name, or None with
+            ``resume=True`` (the sweep stored in ``output`` is used).
+        output: the sweep's folder (created; must not hold another sweep unless resuming).
+        resume: continue the sweep stored in ``output`` after a crash or a kill: finished
+            trials are kept, interrupted ones resume from their checkpoints, errored ones
+            are retried.
+        smoke: shrink every trial to seconds on a tiny phantom (every stage still runs).
+        tracking_uri: MLflow tracking URI (default ``sqlite:///OUTPUT/mlflow.db``).
+        overrides: ``--set`` strings, when ``sweep_cfg`` is a path or name.
+        progress: progress bars and per-trial logs.
+        ray_address: connect to this Ray cluster (``"auto"``); default: the running one, or
+            a local one started here (and shut down at the end).
+        num_cpus: CPUs of a local Ray started here (default: all).
+
+    Returns:
+        the :class:`ResultTable` (also written to ``OUTPUT/report/``).
+
+    Raises:
+        MedaugError: bad sweep, data or output folder, all before any trial runs.
+    """
+    output = Path(output).resolve()
+    state_path = output / STATE_FILE
+    state: dict[str, Any] | None = None
+    if state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except ValueError:
+            state = None
+    if state is not None and not resume:
+        raise MedaugError(
+            f"{output} already holds the sweep {state.get('experiment')!r}; "
+            "pass --resume to continue it or choose another --output"
+        )
+    if resume and state is None:
+        raise MedaugError(f"nothing to resume: {output} holds no sweep ({STATE_FILE} is missing)")
+
+    sweep = _load(sweep_cfg, output, state, smoke, overrides)
+    smoke = bool(state.get("smoke")) if state is not None else smoke
+    trials = sweep.grid_trials() if not sweep.space.continuous else []
+    if state is not None and not sweep.space.continuous:
+        stored = state.get("trials") or []
+        if [t.key for t in trials] != stored:
+            raise MedaugError(
+                f"the sweep given does not match the one in {output} "
+                f"({len(trials)} vs {len(stored)} trials); resume without --config, or "
+                "start a new --output"
+            )
+
+    output.mkdir(parents=True, exist_ok=True)
+    if smoke:
+        sweep = _smoke_data(sweep, output, progress)
+    sweep = _shared_paths(sweep, output)
+    first = sweep.resolve(trials[0].params if trials else {}, output=str(output))
+    _check_data(first)
+
+    quiet_mlflow()
+    uri = tracking_uri or (state or {}).get("tracking_uri") or default_tracking_uri(output)
+    artifacts = default_artifact_location(output) if uri.startswith("sqlite:") else None
+    sweep_id = (state or {}).get("sweep_id") or uuid.uuid4().hex
+    tracker = Tracker(uri, sweep.name, sweep_id, artifacts)
+    _ = tracker.experiment_id  # creates the store and the experiment before trials race to
+
+    new_state = {
+        "experiment": sweep.name,
+        "sweep_id": sweep_id,
+        "tracking_uri": uri,
+        "artifact_location": artifacts,
+        "target": first.data.target,
+        "smoke": smoke,
+        "trials": [t.key for t in trials],
+        "created": (state or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if state is None:
+        _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    _write_text(state_path, json.dumps(new_state, indent=2) + "\n")
+
+    # The image cache is built once here, so that concurrent trials only open it.
+    from medaug.engine.data import prepare_data
+
+    prepare_data(first, output, progress=progress)
+
+    ctx = SweepContext(
+        sweep=sweep,
+        output=str(output),
+        tracking_uri=uri,
+        sweep_id=sweep_id,
+        artifact_location=artifacts,
+        order={t.key: i for i, t in enumerate(trials)},
+        progress=progress,
+    )
+    grid = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress)
+    errored = [
+        str(getattr(r, "path", "")) for r in grid if getattr(r, "error", None) is not None
+    ] if grid is not None else []
+
+    table, paths = write_report(output, uri)
+    print(table.to_markdown())
+    print(f"\nreport: {paths['markdown']}\n        {paths['csv']}\n        {paths['plot']}")
+    print(f"MLflow: {mlflow_ui_command(uri)}")
+    if errored:
+        print(
+            f"{len(errored)} trial(s) errored; see OUTPUT/trials/<key>/error.txt and rerun "
+            f"with --resume to retry them",
+            file=sys.stderr,
+        )
+    return table
+
+
+def _load(
+    sweep_cfg: SweepConfig | str | Path | None,
+    output: Path,
+    state: dict[str, Any] | None,
+    smoke: bool,
+    overrides: list[str] | None,
+) -> SweepConfig:
+    """The sweep to run: the one given, or (resuming) the one stored in ``output``."""
+    if state is not None:
+        smoke = bool(state.get("smoke"))
+    if sweep_cfg is None:
+        if state is None:
+            raise MedaugError("give a sweep config (--config) or --resume an existing output")
+        stored = output / SWEEP_FILE
+        raw = yaml.safe_load(stored.read_text()) if stored.exists() else None
+        if not isinstance(raw, dict):
+            raise MedaugError(f"{stored} is missing or damaged; pass --config again to resume")
+        return load_sweep(raw, overrides, output=output, smoke=smoke)
+    if isinstance(sweep_cfg, SweepConfig):
+        if overrides:
+            raise MedaugError("overrides apply to sweep files; pass the path instead")
+        return smoke_sweep(sweep_cfg) if smoke and not sweep_cfg.forced else sweep_cfg
+    return load_sweep(sweep_cfg, overrides, output=output, smoke=smoke)
+
+
+def _smoke_data(sweep: SweepConfig, output: Path, progress: bool) -> SweepConfig:
+    """Point a smoke sweep at a tiny phantom generated in ``OUTPUT/smoke_data``."""
+    from medaug.data.phantom import make_phantom
+
+    folder = output / SMOKE_DATA
+    make_phantom(folder, workers=1, progress=progress, **SMOKE_PHANTOM)
+    out = copy.deepcopy(sweep)
+    out.forced = copy.deepcopy(out.forced)
+    out.forced.setdefault("data", {}).update(
+        {"dataset": "chexpert", "csv": str(folder / "train.csv"), "root": None, "column_map": {},
+         "image_size": SMOKE_PHANTOM["image_size"]}
+    )
+    return out
+
+
+def _shared_paths(sweep: SweepConfig, output: Path) -> SweepConfig:
+    """Trials share the image cache and the label splits unless the sweep names its own."""
+    out = copy.deepcopy(sweep)
+    data = out.base.setdefault("data", {})
+    if not data.get("cache_dir") and not (out.forced.get("data") or {}).get("cache_dir"):
+        data["cache_dir"] = str(output / "cache")
+    ev = out.base.setdefault("eval", {})
+    if not ev.get("splits_csv"):
+        ev["splits_csv"] = str(output / "splits.csv")
+    return out
+
+
+def _check_data(cfg: Any) -> None:
+    if not cfg.data.csv:
+        raise MedaugError(
+            "data.csv is not set: pass --set data.csv=/path/to/train.csv (or --smoke for a "
+            "run on a tiny phantom)"
+        )
+    if not Path(cfg.data.csv).exists():
+        raise MedaugError(f"data.csv {cfg.data.csv} does not exist")
+
+
+def _run_tune(
+    sweep: SweepConfig,
+    ctx: SweepContext,
+    output: Path,
+    resume: bool,
+    ray_address: str | None,
+    num_cpus: int | None,
+    progress: bool,
+) -> Any:
+    import ray
+    from ray import tune
+
+    from medaug.tune.space import tune_param_space
+
+    # Per-epoch results (forwarded from Ray Train) carry the kNN AUC but not the final
+    # linear-probe AUC the searcher ranks by, which arrives with the trial's last result.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress}
+        if ray_address:
+            kwargs["address"] = ray_address
+        else:
+            kwargs["num_cpus"] = num_cpus or os.cpu_count()
+        ray.init(**kwargs)
+        started = True
+    try:
+        t = sweep.tune
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, ctx=ctx), {"cpu": t.cpu, "gpu": t.gpu}
+        )
+        storage = str(output / TUNE_DIR)
+        path = os.path.join(storage, sweep.name)
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(
+                path, trainable, resume_unfinished=True, resume_errored=False,
+                restart_errored=True,
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune_param_space(sweep),
+                tune_config=_tune_config(sweep),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                    verbose=1 if progress else 0,
+                ),
+            )
+        return tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _tune_config(sweep: SweepConfig) -> Any:
+    from ray import tune
+
+    t = sweep.tune
+    search_alg = None
+    if sweep.space.continuous:
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=t.metric, mode=t.mode, seed=t.search_seed)
+    scheduler = None
+    if t.asha is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        epochs = max(sweep.resolve(p).pretrain.epochs for p in sample_points(sweep))
+        # Rungs are counted in completed epochs (robust to a resumed trial restarting
+        # Tune's iteration counter); max_t lies past the last epoch, so the final epoch's
+        # report never stops a trial before its evaluation.
+        scheduler = ASHAScheduler(
+            metric=t.asha.metric, mode="max", time_attr="epoch", max_t=epochs + 1,
+            grace_period=t.asha.grace_period, reduction_factor=t.asha.reduction_factor,
+        )
+
+    def name(trial: Any) -> str:
+        return trial_for_config(sweep, trial.config).key
+
+    return tune.TuneConfig(
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=t.num_samples if sweep.space.continuous else 1,
+        max_concurrent_trials=t.max_concurrent or None,
+        trial_name_creator=name,
+        trial_dirname_creator=name,
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

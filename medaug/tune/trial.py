@@ -1,0 +1,231 @@
+"""One trial of a sweep: pretrain on Ray Train, evaluate the selected checkpoint, track in MLflow.
+
+:func:`run_trial` is the Ray Tune function trainable.  Everything it writes lives in the
+trial's own folder ``OUTPUT/trials/<key>/`` whose name comes from the trial's resolved
+params, not from Tune's ids, so a restarted trial (after a crash of the sweep, or a retry)
+finds its work:
+
+    config.yaml     the resolved config
+    pretrain/       run_pretrain_ray's folder: checkpoints/, metrics.jsonl, summary.json
+    eval/           evaluate's folder: results.json (per split, resumable), splits, roc.png
+    trial.json      written last: the trial is complete (its metrics, its MLflow run)
+    error.txt       the traceback of the last failure, if any
+
+Rerunning a complete trial only makes sure its MLflow run holds the final metrics and
+reports them to Tune again.  Pretraining resumes from the newest checkpoint; evaluation
+skips the splits already scored.  The trial process is the only one that talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
+from medaug.tune.tracking import SUMMARY_PARAMS, Tracker, result_metrics
+
+TRIALS_DIR = "trials"
+DONE_FILE = "trial.json"
+ERROR_FILE = "error.txt"
+
+
+@dataclass
+class SweepContext:
+    """What every trial needs to know about its sweep (shipped to trials by Tune).
+
+    Attributes:
+        sweep: the validated sweep (with any smoke settings and shared paths applied).
+        output: absolute sweep output folder.
+        tracking_uri, sweep_id, artifact_location: the MLflow experiment of the sweep.
+        order: trial key -> position in the plan (rows of the report follow it).
+        log_checkpoint: also copy the selected checkpoint into the run's artifacts.
+        progress: progress bars and per-epoch lines in the trial logs.
+    """
+
+    sweep: SweepConfig
+    output: str
+    tracking_uri: str
+    sweep_id: str
+    artifact_location: str | None = None
+    order: dict[str, int] | None = None
+    log_checkpoint: bool = False
+    progress: bool = True
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.sweep.name, self.sweep_id, self.artifact_location)
+
+
+def trial_dir(output: str | Path, key: str) -> Path:
+    """``OUTPUT/trials/<key>``: the trial's folder, the same on every restart."""
+    return Path(output) / TRIALS_DIR / key
+
+
+def trial_params(cfg: Config, spec: TrialSpec) -> dict[str, Any]:
+    """MLflow params of a trial: the flattened config plus top-level summary names."""
+    flat = flatten(config_to_dict(cfg))
+    params: dict[str, Any] = dict(flat)
+    for name, key in SUMMARY_PARAMS.items():
+        params[name] = flat.get(key)
+    params["trial_key"] = spec.key
+    if spec.params.get(VARIANT) is not None:
+        params["variant"] = spec.params[VARIANT]
+    if spec.baseline:
+        params["baseline"] = spec.baseline
+    return params
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> dict[str, Any]:
+    """The Tune function trainable: one trial, end to end, idempotent.
+
+    Args:
+        config: the Tune trial config (``{"trial": key}`` for grid sweeps, sampled params for
+            Optuna sweeps).
+        ctx: the sweep context.
+
+    Returns:
+        the final metrics (also reported to Tune: ``linear_auc_mean`` and friends).
+    """
+    from ray import tune
+
+    spec = trial_for_config(ctx.sweep, config)
+    metrics = execute_trial(spec, ctx)
+    tune.report(_tune_metrics(metrics))
+    return metrics
+
+
+def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
+    """Pretrain (unless a baseline), evaluate, log to MLflow; resume whatever is done.
+
+    Returns:
+        the trial's final metrics (MLflow names).
+    """
+    folder = trial_dir(ctx.output, spec.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = ctx.sweep.resolve(spec.params, output=str(folder))
+    write_config(cfg, folder / "config.yaml")
+    _limit_threads(cfg)
+
+    tracker = ctx.tracker()
+    run_id = tracker.start_trial(spec.key, spec.label, "baseline" if spec.baseline else "pretrain")
+    tags: dict[str, Any] = {"trial_dir": str(folder)}
+    if ctx.order and spec.key in ctx.order:
+        tags["trial_index"] = ctx.order[spec.key]
+    if spec.params.get(VARIANT) is not None:
+        tags["variant"] = spec.params[VARIANT]
+    if spec.params.get(BASELINE):
+        tags["baseline"] = spec.params[BASELINE]
+    try:
+        from ray import tune
+
+        tags["tune_trial_id"] = tune.get_context().get_trial_id() or ""
+    except Exception:  # outside a Tune session (direct calls, benchmarks)
+        pass
+    tracker.set_tags(run_id, tags)
+    tracker.log_params(run_id, trial_params(cfg, spec))
+
+    done_path = folder / DONE_FILE
+    try:
+        if done_path.exists():
+            done = json.loads(done_path.read_text())
+            metrics = done["metrics"]
+            logged = tracker.client.get_run(run_id).data.metrics
+            missing = {k: v for k, v in metrics.items() if k not in logged}
+            if missing:
+                tracker.log_metrics(run_id, missing)
+            tracker.end_trial(run_id, "FINISHED")
+            return metrics
+        metrics = _run_stages(spec, cfg, folder, tracker, run_id, ctx)
+        tracker.end_trial(run_id, "FINISHED")
+        _write_json(done_path, {"key": spec.key, "run_id": run_id, "metrics": metrics})
+        (folder / ERROR_FILE).unlink(missing_ok=True)
+        return metrics
+    except BaseException as err:
+        (folder / ERROR_FILE).write_text("".join(traceback.format_exception(err)))
+        # Tune stopping the trial (early stopping, shutdown) is not a failure of the trial.
+        stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
+        try:
+            tracker.set_tags(run_id, {"error": f"{type(err).__name__}: {err}"[:500]})
+            tracker.end_trial(run_id, "KILLED" if stopped else "FAILED")
+        except Exception:  # the store being down must not hide the trial's own error
+            pass
+        raise
+
+
+def _run_stages(
+    spec: TrialSpec, cfg: Config, folder: Path, tracker: Tracker, run_id: str, ctx: SweepContext
+) -> dict[str, Any]:
+    from medaug.eval.evaluate import evaluate
+
+    metrics: dict[str, Any] = {}
+    checkpoint: Path | None = None
+    if not spec.baseline:
+        from medaug.engine.checkpoint import best_checkpoint
+        from medaug.tune.pretrain_trainer import run_pretrain_ray
+
+        pretrain_dir = folder / "pretrain"
+        summary = run_pretrain_ray(cfg, pretrain_dir, resume=True, progress=ctx.progress)
+        tracker.log_curves(run_id, summary.get("history") or [])
+        checkpoint = best_checkpoint(pretrain_dir)
+        best = summary.get("best_knn_auc")
+        if best is not None and math.isfinite(float(best)):
+            metrics["knn_auc_best"] = float(best)
+        if summary.get("best_epoch") is not None:
+            metrics["best_epoch"] = int(summary["best_epoch"])
+        tracker.set_tags(run_id, {"checkpoint": str(checkpoint)})
+
+    eval_dir = folder / "eval"
+    results = evaluate(cfg, checkpoint, eval_dir, baseline=spec.baseline, progress=ctx.progress)
+    target = cfg.data.target if cfg.data.target in cfg.eval.observations else cfg.eval.observations[0]
+    metrics.update(result_metrics(results, target))
+    tracker.log_metrics(run_id, metrics)
+
+    tracker.log_artifact(run_id, folder / "config.yaml")
+    tracker.log_artifact(run_id, eval_dir / "results.json")
+    if results.get("splits_csv"):
+        tracker.log_artifact(run_id, results["splits_csv"])
+    if results.get("roc_png"):
+        tracker.log_artifact(run_id, results["roc_png"])
+    if checkpoint is not None:
+        tracker.log_artifact(run_id, folder / "pretrain" / "metrics.jsonl")
+        if ctx.log_checkpoint:
+            tracker.log_artifact(run_id, checkpoint, "checkpoint")
+    return metrics
+
+
+def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What Tune sees at the end of a trial (the searcher's metric among them)."""
+    out = {
+        k: v
+        for k, v in metrics.items()
+        if "/" not in k and "_split" not in k and isinstance(v, (int, float))
+    }
+    if "knn_auc_best" in out:
+        out["knn_auc"] = out["knn_auc_best"]
+    return out
+
+
+def _limit_threads(cfg: Config) -> None:
+    """Keep the trial's own torch (evaluation) to its share of the machine."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:
+        cpus = None
+    if cpus:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cpus))))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

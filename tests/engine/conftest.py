@@ -1,0 +1,62 @@
+"""Fixtures of the engine tests: one small phantom per session and tiny pretraining configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medaug.config import Config, build_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The machine is shared: the engine tests train their small models on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory):
+    """30 phantom patients at 32 px (about 140 images), generated once per session."""
+    from medaug.data.phantom import make_phantom
+
+    out = tmp_path_factory.mktemp("engine_phantom")
+    make_phantom(out, 30, image_size=32, seed=0, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One image cache shared by every run of the session."""
+    return tmp_path_factory.mktemp("engine_cache")
+
+
+@pytest.fixture
+def tiny_config(phantom_dir, cache_dir):
+    """``tiny_config(*overrides)``: ResNet-18, 32 px, K = 64, batch 8, 2 epochs of 3 steps."""
+
+    def make(*overrides: str) -> Config:
+        base = {
+            "data": {
+                "csv": str(phantom_dir / "train.csv"),
+                "image_size": 32,
+                "cache_dir": str(cache_dir),
+                "num_loader_workers": 1,
+            },
+            "pretrain": {
+                "arch": "resnet18",
+                "queue_size": 64,
+                "batch_size": 8,
+                "bn_groups": 2,
+                "epochs": 2,
+                "max_steps_per_epoch": 3,
+                "knn_bank": 200,
+                "knn_queries": 100,
+                "knn_k": 5,
+            },
+        }
+        return build_config(base, list(overrides))
+
+    return make

@@ -1,0 +1,210 @@
+"""The pretraining loop on a tiny phantom: outputs, exact resume, the queue, the kNN monitor."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medaug.engine.checkpoint import best_checkpoint, load_backbone, load_state
+from medaug.engine.data import pair_index, prepare_data
+from medaug.engine.pretrain import KnnMonitor, TrainStep, check_pretrain, pretrain
+from medaug.errors import MedaugError
+
+
+def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_config, tmp_path):
+    cfg = tiny_config()
+    calls = []
+    summary = pretrain(cfg, tmp_path, lambda m, d: calls.append((m, d)), progress=False)
+
+    assert [m["epoch"] for m, _ in calls] == [1, 2]
+    assert [d.name for _, d in calls] == ["epoch_0001", "epoch_0002"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert math.isfinite(m["loss"]) and m["loss"] > 0
+        assert 0.0 <= m["knn_auc"] <= 1.0
+        assert m["images_per_s"] > 0
+        assert m["lr"] == pytest.approx(1e-4)
+        for key in ("n_fallback_pairs", "n_neg_fallback", "n_neg_short"):
+            assert isinstance(m[key], int) and m[key] >= 0
+    best = max(lines, key=lambda m: m["knn_auc"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["best_knn_auc"] == pytest.approx(best["knn_auc"])
+    assert json.loads((tmp_path / "summary.json").read_text())["best_epoch"] == best["epoch"]
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == best["epoch"]
+    assert best_checkpoint(tmp_path) == tmp_path / "checkpoints" / "best"
+    assert (tmp_path / "config.yaml").exists()
+    assert load_state(tmp_path / "checkpoints" / "best")["epoch"] == best["epoch"]
+
+    backbone, saved = load_backbone(tmp_path)
+    assert saved["pretrain"]["queue_size"] == 64
+    assert not backbone.training
+    with torch.no_grad():
+        feats = backbone(torch.randn(2, 3, 32, 32))
+    assert feats.shape == (2, 512)
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    """Two epochs straight == one epoch, then a fresh call resuming for the second."""
+    overrides = ("pretrain.negatives=synthetic", "pretrain.crop_scale=0.8")
+    straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False)
+    pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False)
+    resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False)
+
+    a = load_state(tmp_path / "a" / "checkpoints" / "epoch_0002")
+    b = load_state(tmp_path / "b" / "checkpoints" / "epoch_0002")
+    for part in ("model", "queue"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in pa:
+            assert torch.equal(torch.as_tensor(pa[key]), torch.as_tensor(pb[key]))
+    assert [m["loss"] for m in straight["history"]] == [m["loss"] for m in resumed["history"]]
+    events = [json.loads(x) for x in (tmp_path / "b" / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "end", "resume", "end"]
+    assert events[2]["epoch"] == 1
+    # The weights did move: resuming is not trivially exact.
+    first = load_state(tmp_path / "b" / "checkpoints" / "epoch_0001")
+    assert not torch.equal(first["model"]["encoder_q.head.0.weight"],
+                           b["model"]["encoder_q.head.0.weight"])
+
+
+def test_resume_false_starts_over(tiny_config, tmp_path):
+    cfg = tiny_config("pretrain.epochs=1", "pretrain.knn_every=0")
+    pretrain(cfg, tmp_path, progress=False)
+    summary = pretrain(cfg, tmp_path, resume=False, progress=False)
+    events = [json.loads(x)["event"] for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert events == ["start", "end"]
+    # Without a monitor the last checkpoint is the best one.
+    assert summary["best_knn_auc"] is None
+    assert summary["best_checkpoint"].endswith("epoch_0001")
+    assert best_checkpoint(tmp_path).name == "epoch_0001"
+
+
+def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
+    from medaug.engine.schedule import build_optimizer
+    from medaug.moco.model import MoCo
+    from medaug.moco.queue import KeyQueue
+
+    cfg = tiny_config("pretrain.negatives=same_lat_only")
+    data = prepare_data(cfg, tmp_path, progress=False)
+    # Anchors paired with images of another patient and, where possible, another laterality,
+    # so the anchor's and the partner's metadata differ in every field.
+    rows_q = data.train[:8]
+    others = [r for r in data.train if data.patient[r] not in set(data.patient[rows_q])]
+    rows_k = np.array(sorted(others, key=lambda r: data.view[r] == data.view[rows_q[0]])[:8])
+    model = MoCo.from_config(cfg.pretrain)
+    queue = KeyQueue(64, cfg.pretrain.head_dim)
+    opt = build_optimizer("adam", (p for p in model.parameters() if p.requires_grad), 1e-4, 0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    gen = torch.Generator().manual_seed(0)
+    step = TrainStep(model, model, queue, opt, scaler, data, cfg, torch.device("cpu"), gen)
+    loss, stats = step(rows_q, rows_k)
+
+    assert math.isfinite(float(loss)) and set(stats) >= {"n_fallback", "n_short"}
+    assert int(queue.ptr) == 8
+    assert queue.view[:8].tolist() == data.view[rows_k].tolist()
+    assert queue.patient[:8].tolist() == data.patient[rows_k].tolist()
+    assert queue.study[:8].tolist() == data.study[rows_k].tolist()
+    assert queue.image[:8].tolist() == rows_k.tolist()
+    assert (queue.patient[:8] != torch.from_numpy(data.patient[rows_q])).all()
+    assert (queue.view[8:] == -1).all()
+    torch.testing.assert_close(queue.keys[:8].norm(dim=1), torch.ones(8))
+
+
+def test_fallback_pairs_are_counted(tiny_config, tmp_path):
+    """With every anchor used once, the count equals a brute-force one from the metadata."""
+    cfg0 = tiny_config("pretrain.criterion=patient_distinct_studies")
+    data = prepare_data(cfg0, tmp_path, progress=False)
+    n = len(data.train)
+    batch = next(b for b in range(8, n + 1) if n % b == 0)
+    cfg = tiny_config(
+        "pretrain.criterion=patient_distinct_studies", f"pretrain.batch_size={batch}",
+        "pretrain.bn_groups=1", f"pretrain.queue_size={batch * 2}", "pretrain.epochs=1",
+        "pretrain.max_steps_per_epoch=null", "pretrain.knn_every=0",
+    )
+    summary = pretrain(cfg, tmp_path, progress=False)
+    table = data.table.iloc[data.train]
+    studies = table.groupby("patient_id")["study_id"].nunique()
+    expected = int((table["patient_id"].map(studies) == 1).sum())  # no other study to pair
+    assert expected > 0
+    assert summary["history"][0]["n_fallback_pairs"] == expected
+
+
+def test_knn_monitor_matches_a_brute_force_knn(tiny_config, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from medaug.moco.augment import eval_transform
+
+    cfg = tiny_config("pretrain.epochs=1")
+    summary = pretrain(cfg, tmp_path, progress=False)
+    data = prepare_data(cfg, tmp_path, progress=False)
+    monitor = KnnMonitor(data, cfg, torch.device("cpu"))
+    assert monitor.problem is None
+    assert set(monitor.query_rows) <= set(data.valid)
+    assert set(monitor.bank_rows) <= set(data.train)
+    backbone, _ = load_backbone(tmp_path)
+
+    def feats(rows):
+        x = eval_transform(torch.from_numpy(np.asarray(data.cache.images[rows])), 32)
+        with torch.no_grad():
+            f = backbone(x).double()
+        return torch.nn.functional.normalize(f, dim=1).numpy()
+
+    bank, query = feats(monitor.bank_rows), feats(monitor.query_rows)
+    sims = query @ bank.T  # Q x B cosine similarities
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, : cfg.pretrain.knn_k]
+    scores = monitor.bank_labels[nearest].mean(axis=1)
+    expected = roc_auc_score(monitor.query_labels, scores)
+    assert summary["history"][0]["knn_auc"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pretrain.negatives=hardest", "negative strategy"),
+        ("pretrain.criterion=same_hospital", "criterion"),
+        ("pretrain.crop_scale=1.5", "crop_scale"),
+        ("pretrain.queue_size=60", "divisible by the global batch"),
+        ("pretrain.init=imagenet", "weights"),
+        ("pretrain.optimizer=lamb", "optimizer"),
+        ("pretrain.lr_schedule=warmup", "lr schedule"),
+        ("pretrain.arch=vgg11", "backbone"),
+        ("pretrain.bn_groups=3", "bn_groups"),
+        ("data.csv=/nonexistent/train.csv", "does not exist"),
+    ],
+)
+def test_bad_configs_fail_before_training(tiny_config, tmp_path, override, message):
+    with pytest.raises(MedaugError, match=message):
+        cfg = tiny_config(override)
+        check_pretrain(cfg)
+        pretrain(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_few_anchors_for_a_batch_is_a_user_error(tiny_config, tmp_path):
+    with pytest.raises(MedaugError, match="fewer than one global batch"):
+        pretrain(tiny_config("pretrain.batch_size=512", "pretrain.queue_size=1024"), tmp_path,
+                 progress=False)
+
+
+def test_pair_index_covers_the_training_rows(tiny_config, tmp_path):
+    cfg = tiny_config("pretrain.criterion=patient_same_study")
+    data = prepare_data(cfg, tmp_path, progress=False)
+    assert prepare_data(cfg, tmp_path, progress=False) is data
+    index = pair_index(data, cfg)
+    rows = data.train[index.anchors]
+    assert len(rows) == len(data.train)
+    for i in range(len(index)):
+        partners = data.train[index.partners(i)]
+        assert (data.study[partners] == data.study[rows[i]]).all()
+    # Codes agree with the table's identifiers.
+    t = data.table
+    for codes, column in ((data.patient, "patient_id"), (data.study, "study_id")):
+        for code in np.unique(codes):
+            assert t.loc[codes == code, column].nunique() == 1
+    assert len(np.unique(data.patient)) == t["patient_id"].nunique()
+    assert data.cache.images.shape == (len(t), 32, 32)

@@ -1,0 +1,143 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medaug.cli import main
+from medaug.data.schema import OBSERVATIONS
+
+OBS = "Pleural Effusion"
+
+
+def write_chexpert_csv(path: Path) -> Path:
+    """A six-image CheXpert train.csv: the hand table of the stats tests."""
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *OBSERVATIONS]
+    images = [
+        ("patient00001/study1/view1_frontal.jpg", "Frontal", "AP", "1.0"),
+        ("patient00001/study1/view2_lateral.jpg", "Lateral", "", "1.0"),
+        ("patient00001/study12/view1_frontal.jpg", "Frontal", "PA", "0.0"),
+        ("patient00002/study1/view1_frontal.jpg", "Frontal", "AP", "-1.0"),
+        ("patient00002/study2/view1_frontal.jpg", "Frontal", "AP", ""),
+        ("patient00003/study1/view1_frontal.jpg", "Frontal", "PA", "0.0"),
+    ]
+    lines = [",".join(header)]
+    for rel, lat, proj, effusion in images:
+        labels = [effusion if obs == OBS else "" for obs in OBSERVATIONS]
+        lines.append(
+            ",".join([f"CheXpert-v1.0-small/train/{rel}", "Female", "60", lat, proj, *labels])
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def csv(tmp_path):
+    return write_chexpert_csv(tmp_path / "train.csv")
+
+
+def test_pairs_json_and_summary(csv, tmp_path, capsys):
+    out = tmp_path / "out" / "pairs.json"
+    rc = main(
+        [
+            "pairs",
+            "--dataset",
+            "chexpert",
+            "--csv",
+            str(csv),
+            "--criterion",
+            "patient_distinct_studies",
+            "--label",
+            OBS,
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "patient_distinct_studies" in printed and "label disagreement" in printed
+    stats = json.loads(out.read_text())
+    assert stats["n_images"] == 6 and stats["n_patients"] == 3 and stats["n_studies"] == 5
+    assert stats["n_fallback"] == 1 and stats["n_with_other"] == 5
+    assert stats["set_size_hist"] == {"1": 5, "2": 1}
+    assert stats["label_disagreement"]["share_all_different"] == pytest.approx(1.0)
+
+
+def test_pairs_options_and_plot(csv, tmp_path):
+    png = tmp_path / "pairs.png"
+    out = tmp_path / "pairs.json"
+    rc = main(
+        [
+            "pairs",
+            "--csv",
+            str(csv),
+            "--criterion",
+            "patient_all_studies",
+            "--distinct-only",
+            "--size-match",
+            "patient_same_study",
+            "--uncertain",
+            "zeros",
+            "--label",
+            OBS,
+            "--seed",
+            "3",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert rc == 0
+    stats = json.loads(out.read_text())
+    # Without x, same-study sets: only p1's study1 pair has one; all others are skipped.
+    assert stats["n_anchors"] == 2 and stats["n_skipped"] == 4
+    assert stats["size_match"] == "patient_same_study" and stats["distinct_only"] is True
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--criterion", "same_study"], "unknown pair criterion 'same_study'; valid: instance, "),
+        (["--criterion", "patient_same_study", "--size-match", "x"], "unknown pair criterion 'x'"),
+        (
+            ["--criterion", "patient_same_study", "--label", "Effusion"],
+            "unknown observation 'Effusion'",
+        ),
+        (["--criterion", "instance", "--distinct-only"], "leaves no anchors"),
+        (["--criterion", "patient_all_studies_same_label"], "compares downstream labels"),
+        (
+            ["--criterion", "patient_same_study", "--map", "patient_id"],
+            "must look like canonical=column",
+        ),
+    ],
+)
+def test_pairs_errors(csv, capsys, extra, message):
+    rc = main(["pairs", "--csv", str(csv), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert err.startswith("medaug pairs: error:") and err.count("\n") == 1
+
+
+def test_missing_csv(tmp_path, capsys):
+    rc = main(["pairs", "--csv", str(tmp_path / "nope.csv"), "--criterion", "instance"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope.csv does not exist" in err and err.count("\n") == 1
+
+
+def test_pairs_imports_no_heavy_modules(csv, tmp_path):
+    code = (
+        "import sys\n"
+        "from medaug.cli import main\n"
+        f"rc = main(['pairs', '--csv', {str(csv)!r}, '--criterion', 'patient_same_study',"
+        f" '--label', {OBS!r}])\n"
+        "heavy = [m for m in ('torch', 'ray', 'mlflow', 'matplotlib') if m in sys.modules]\n"
+        "print('HEAVY', heavy, rc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert "HEAVY [] 0" in result.stdout, result.stdout + result.stderr

@@ -1,0 +1,278 @@
+"""Sweep files: shipped configs expand to the paper's trials; bad configs fail before any work."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medaug.errors import MedaugError
+from medaug.moco.negatives import list_strategies
+from medaug.pairs import list_criteria
+from medaug.tune.space import (
+    list_sweeps,
+    load_sweep,
+    trial_for_config,
+    tune_param_space,
+)
+
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    """A local file standing in for ImageNet weights (the config only checks it exists)."""
+    path = tmp_path_factory.mktemp("w") / "resnet18.pth"
+    path.write_bytes(b"")
+    return str(path)
+
+
+def _sweep(name: str, weights: str, *extra: str):
+    return load_sweep(name, [f"pretrain.weights={weights}", *extra])
+
+
+def _resolved(sweep):
+    return [(t, sweep.resolve(t.params)) for t in sweep.grid_trials()]
+
+
+def test_every_shipped_sweep_is_listed():
+    expected = {"table1", "table2", "table3", "table4", "table5", "table6", "full", "demo"}
+    assert expected <= set(list_sweeps())
+    assert {p.stem for p in SWEEPS.glob("*.yaml")} == set(list_sweeps())
+
+
+# (sweep, pretraining trials, baselines) when ImageNet weights are given.
+COUNTS = [
+    ("table1", 6 * 2, ["imagenet"]),
+    ("table2", 2, []),
+    ("table3", 2, []),
+    ("table4", 3, []),
+    ("table5", 2, []),
+    ("table6", 5, []),
+    ("full", 7 * 2 * 5, ["imagenet", "random"]),
+]
+
+
+@pytest.mark.parametrize(("name", "n_pretrain", "baselines"), COUNTS)
+def test_trial_counts(name, n_pretrain, baselines, weights):
+    trials = _sweep(name, weights).grid_trials()
+    assert [t.baseline for t in trials if t.baseline] == baselines
+    assert sum(t.baseline is None for t in trials) == n_pretrain
+    keys = [t.key for t in trials]
+    assert len(set(keys)) == len(keys)
+    # Keys are deterministic: a second load gives the same plan.
+    assert keys == [t.key for t in _sweep(name, weights).grid_trials()]
+
+
+def test_table1_is_criteria_by_crop(weights):
+    got = {
+        (c.pretrain.criterion, c.pretrain.crop_scale)
+        for t, c in _resolved(_sweep("table1", weights))
+        if not t.baseline
+    }
+    criteria = [
+        "instance",
+        "patient_same_study_same_lat",
+        "patient_same_study_distinct_lat",
+        "patient_same_study",
+        "patient_all_studies",
+        "patient_distinct_studies",
+    ]
+    assert got == set(itertools.product(criteria, [None, 0.95]))
+
+
+def test_table2_to_table5_settings(weights):
+    t2 = {c.pretrain.criterion for _, c in _resolved(_sweep("table2", weights))}
+    assert t2 == {"patient_all_studies", "patient_all_studies_same_label"}
+    t3 = {
+        (c.pretrain.criterion, c.pretrain.size_match, c.pretrain.distinct_only)
+        for _, c in _resolved(_sweep("table3", weights))
+    }
+    assert t3 == {
+        ("patient_distinct_studies", None, True),
+        ("patient_all_studies", "patient_distinct_studies", True),
+    }
+    t4 = [(c.pretrain.criterion, c.pretrain.size_match) for _, c in _resolved(_sweep("table4", weights))]
+    assert t4 == [
+        ("patient_same_study_same_lat", None),
+        ("patient_same_study", "patient_same_study_same_lat"),
+        ("patient_same_study", None),
+    ]
+    t5 = {
+        (c.pretrain.criterion, c.pretrain.size_match, c.pretrain.distinct_only)
+        for _, c in _resolved(_sweep("table5", weights))
+    }
+    assert t5 == {
+        ("patient_same_study_same_lat", "patient_same_study_distinct_lat", True),
+        ("patient_same_study_distinct_lat", "patient_same_study_same_lat", True),
+    }
+
+
+def test_table6_and_full_cover_the_registries(weights):
+    t6 = _resolved(_sweep("table6", weights))
+    assert sorted(c.pretrain.negatives for _, c in t6) == sorted(list_strategies())
+    assert {c.pretrain.criterion for _, c in t6} == {"patient_same_study"}
+    full = {
+        (c.pretrain.criterion, c.pretrain.crop_scale, c.pretrain.negatives)
+        for t, c in _resolved(_sweep("full", weights))
+        if not t.baseline
+    }
+    assert full == set(itertools.product(list_criteria(), [None, 0.95], list_strategies()))
+
+
+def test_demo_is_a_real_comparison():
+    sweep = load_sweep("demo", output="/tmp/demo-out")
+    criteria = {sweep.resolve(t.params).pretrain.criterion for t in sweep.grid_trials() if not t.baseline}
+    assert {"instance", "patient_same_study", "patient_all_studies", "patient_distinct_studies"} <= criteria
+    cfg = sweep.resolve(sweep.grid_trials()[-1].params)
+    assert cfg.data.csv.startswith("/tmp/demo-out/")
+
+
+def test_paper_tables_need_weights_but_smoke_does_not():
+    with pytest.raises(MedaugError, match="pretrain.weights"):
+        load_sweep("table1")
+    smoke = load_sweep("table1", smoke=True)
+    trials = smoke.grid_trials()
+    assert all(not t.baseline for t in trials)  # no weights: the ImageNet baseline is dropped
+    cfg = smoke.resolve(trials[0].params)
+    assert (cfg.pretrain.epochs, cfg.pretrain.init, cfg.data.image_size) == (1, "random", 32)
+
+
+def test_overrides(weights):
+    sweep = _sweep(
+        "table1", weights, "pretrain.epochs=2", "space.pretrain.criterion=[instance, patient_same_study]",
+        "space.pretrain.crop_scale=[none]", "tune.max_concurrent=3", "baselines=[]",
+    )
+    trials = sweep.grid_trials()
+    assert [sweep.resolve(t.params).pretrain.criterion for t in trials] == ["instance", "patient_same_study"]
+    assert all(sweep.resolve(t.params).pretrain.epochs == 2 for t in trials)
+    assert sweep.tune.max_concurrent == 3
+
+
+def test_repeats_offset_the_seed(weights):
+    sweep = _sweep("table2", weights, "tune.num_samples=3", "seed=10")
+    trials = sweep.grid_trials()
+    assert len(trials) == 6
+    seeds = [sweep.resolve(t.params).seed for t in trials]
+    assert seeds == [10, 11, 12, 10, 11, 12]
+    assert len({t.key for t in trials}) == 6
+
+
+BASE = {
+    "name": "t",
+    "data": {"csv": "x.csv"},
+    "pretrain": {"epochs": 3},
+    "space": {"pretrain.criterion": {"grid": ["instance", "patient_same_study"]}},
+}
+
+
+def _with(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        keys = dotted.split("__")
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return raw
+
+
+BAD = [
+    ("unknown top-level key", _with(bogus=1), "unknown sweep key"),
+    ("unknown config key", _with(pretrain__bogus=1), "unknown config key 'pretrain.bogus'"),
+    ("unknown criterion", _with(space={"pretrain.criterion": {"grid": ["instance", "nope"]}}), "unknown pair criterion 'nope'"),
+    ("unknown strategy", _with(space={"pretrain.negatives": ["default", "hardest"]}), "unknown negative strategy 'hardest'"),
+    ("unknown space key", _with(space={"pretrain.bogus": [1, 2]}), "unknown config key"),
+    ("space key outside sections", _with(space={"lr": [1, 2]}), "must start with one of"),
+    ("range low >= high", _with(space={"pretrain.lr": {"loguniform": [1e-3, 1e-4]}}), "low < high"),
+    ("loguniform from zero", _with(space={"pretrain.lr": {"loguniform": [0, 1e-3]}}), "low > 0"),
+    ("range on an int", _with(space={"pretrain.epochs": {"uniform": [1, 5]}}), "float settings only"),
+    ("range badly shaped", _with(space={"pretrain.lr": {"uniform": [1e-4]}}), "needs \\[low, high\\]"),
+    ("range outside valid values", _with(space={"pretrain.reweight_t": {"uniform": [0.5, 1.5]}}), "reweight_t must lie in"),
+    ("two kinds", _with(space={"pretrain.lr": {"grid": [1e-4], "uniform": [1e-4, 1e-3]}}), "expected one of"),
+    ("empty grid", _with(space={"pretrain.lr": {"grid": []}}), "grid is empty"),
+    ("unknown tune key", _with(tune={"bogus": 1}), "unknown tune key"),
+    ("unknown metric", _with(tune={"metric": "accuracy"}), "tune.metric 'accuracy' unknown"),
+    ("bad mode", _with(tune={"mode": "up"}), "tune.mode"),
+    ("bad resources", _with(tune={"resources": {"cpus": 1}}), "tune.resources"),
+    ("asha beyond epochs", _with(tune={"asha": {"grace_period": 5}}), "grace_period"),
+    ("unknown baseline", _with(baselines=["imagenet21k"]), "unknown baseline"),
+    ("fixed and swept", _with(pretrain__criterion="instance"), "also varied by the space"),
+    (
+        "variant clashes with grid",
+        _with(space={"pretrain.criterion": ["instance"], "variants": [{"name": "a", "pretrain.criterion": "instance"}]}),
+        "also varies",
+    ),
+    ("variant without name", _with(space={"variants": [{"pretrain.criterion": "instance"}]}), "'name'"),
+    (
+        "variant with unknown criterion",
+        {**BASE, "space": {"variants": [{"name": "a", "pretrain.size_match": "nope"}]}},
+        "unknown pair criterion 'nope'",
+    ),
+    ("bad queue for batch", _with(pretrain__queue_size=100), "divisible by the global batch"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_sweeps_are_rejected(raw, message):
+    with pytest.raises(MedaugError, match=message):
+        load_sweep(raw)
+
+
+BAD_SETS = [
+    ("bogus=1", "unknown sweep key 'bogus'"),
+    ("pretrain.bogus=1", "unknown config key 'pretrain.bogus'"),
+    ("space.pretrain.criterion=[instance, nope]", "unknown pair criterion 'nope'"),
+    ("pretrain.negatives=nope", "unknown negative strategy 'nope'"),
+    ("pretrain.criterion=instance", "also varied by the space"),
+    ("space=1", "name the space key"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_SETS)
+def test_bad_overrides_are_rejected(override, message):
+    with pytest.raises(MedaugError, match=message):
+        load_sweep(BASE, [override])
+
+
+def test_continuous_space_uses_optuna_domains():
+    from ray import tune
+
+    raw = _with(space={
+        "pretrain.lr": {"loguniform": [1e-5, 1e-3]},
+        "pretrain.temperature": {"uniform": [0.1, 0.5]},
+        "pretrain.crop_scale": [None, 0.95],
+        "variants": [{"name": "a", "pretrain.criterion": "instance"}, {"name": "b", "pretrain.criterion": "patient_same_study"}],
+    }, tune={"num_samples": 4})
+    sweep = load_sweep(raw)
+    space = tune_param_space(sweep)
+    assert isinstance(space["pretrain.lr"], tune.search.sample.Float)
+    assert space["pretrain.lr"].lower == 1e-5 and space["pretrain.lr"].upper == 1e-3
+    assert isinstance(space["pretrain.lr"].sampler, tune.search.sample.LogUniform)
+    assert isinstance(space["pretrain.temperature"].sampler, tune.search.sample.Uniform)
+    assert space["variant"].categories == ["a", "b"]
+    assert space["pretrain.crop_scale"].categories == [None, 0.95]
+    draw = {"pretrain.lr": 3e-4, "pretrain.temperature": 0.3, "pretrain.crop_scale": None, "variant": "b"}
+    trial = trial_for_config(sweep, draw)
+    assert trial.key == trial_for_config(sweep, dict(draw)).key  # deterministic
+    assert trial.key != trial_for_config(sweep, {**draw, "pretrain.lr": 3.00001e-4}).key
+    cfg = sweep.resolve(trial.params)
+    assert (cfg.pretrain.lr, cfg.pretrain.temperature, cfg.pretrain.criterion) == (3e-4, 0.3, "patient_same_study")
+
+
+def test_grid_space_is_keyed_by_trial():
+    sweep = load_sweep(BASE)
+    space = tune_param_space(sweep)
+    keys = [t.key for t in sweep.grid_trials()]
+    assert space == {"trial": {"grid_search": keys}}
+    assert trial_for_config(sweep, {"trial": keys[1]}) == sweep.grid_trials()[1]
+    with pytest.raises(MedaugError, match="no trial"):
+        trial_for_config(sweep, {"trial": "elsewhere"})
+
+
+def test_output_placeholder(tmp_path):
+    raw = _with(data__csv="{output}/data/train.csv")
+    sweep = load_sweep(raw, output=tmp_path)
+    assert sweep.resolve({"pretrain.criterion": "instance"}).data.csv == f"{tmp_path.resolve()}/data/train.csv"
