@@ -186,6 +186,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise MedaugError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -288,6 +293,14 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.queue_size ({p.queue_size}) must be divisible by the global batch "
             f"(batch_size {p.batch_size} x num_workers {p.num_workers} = {global_batch})"
+        )
+    if p.bn_groups < 1 or p.batch_size % p.bn_groups:
+        raise MedaugError(
+            f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
+        )
+    if len(p.crop_ratio) != 2 or not 0.0 < p.crop_ratio[0] <= p.crop_ratio[1]:
+        raise MedaugError(
+            f"pretrain.crop_ratio must be two increasing positive numbers, got {p.crop_ratio}"
         )
     if not 0.0 < p.reweight_t < 1.0:
         raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")

@@ -172,12 +172,17 @@ def split_from_words(values: pd.Series, source: str) -> pd.Series:
     mapped = map_words(values, {k.upper(): v for k, v in _SPLIT_WORDS.items()}, None)
     bad = mapped.isna().to_numpy()
     if bad.any():
-        shown = sorted({str(v) for v in values[bad]})[:5]
+        shown = shown_values(values[bad])
         raise MedaugError(
             f"{source}: split value(s) {shown} not understood; "
             f"valid: {', '.join(sorted(_SPLIT_WORDS))}"
         )
     return mapped
+
+
+def shown_values(values: pd.Series, limit: int = 5) -> list[str]:
+    """Up to ``limit`` distinct offending values for an error message, blanks as <blank>."""
+    return sorted({"<blank>" if pd.isna(v) else str(v) for v in values})[:limit]
 
 
 def canonical_frame(columns: dict[str, object], n: int) -> pd.DataFrame:
@@ -262,7 +267,7 @@ def read_generic(
         view = map_words(raw_view, dict(_VIEW_WORDS), None)
         bad = view.isna().to_numpy()
         if bad.any():
-            shown = sorted({str(v) for v in raw_view[bad]})[:5]
+            shown = shown_values(raw_view[bad])
             raise MedaugError(
                 f"{source}: column {column_map['view']!r} (view) has value(s) {shown}; "
                 f"valid: frontal, lateral, other, PA, AP, LATERAL, LL"

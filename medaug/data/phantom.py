@@ -287,19 +287,21 @@ def _sample_studies(rng: np.random.Generator, p: Patient) -> list[Study]:
 # Labels
 
 
-def _findings(p: Patient, s: Study) -> dict[str, tuple[float, float, float]]:
-    """Per observation: (score, threshold, width of the uncertain band around it)."""
-    binary = 0.5, 0.0
+def _findings(p: Patient, s: Study) -> dict[str, tuple[float, float, float, float]]:
+    """Per observation: (score, threshold, width of the uncertain band around the threshold,
+    largest chance of an uncertain label, reached at the threshold); binary findings have no
+    band (their hedging rate is in ``_HEDGE``)."""
+    binary = 0.5, 0.0, 0.0
     return {
-        "Enlarged Cardiomediastinum": (s.mediastinum, MEDIASTINUM_THRESHOLD, 0.04),
-        "Cardiomegaly": (s.ctr, CARDIOMEGALY_THRESHOLD, 0.02),
+        "Enlarged Cardiomediastinum": (s.mediastinum, MEDIASTINUM_THRESHOLD, 0.04, 0.4),
+        "Cardiomegaly": (s.ctr, CARDIOMEGALY_THRESHOLD, 0.012, 0.35),
         "Lung Lesion": (float(bool(p.nodules)), *binary),
-        "Edema": (s.edema, EDEMA_THRESHOLD, 0.08),
+        "Edema": (s.edema, EDEMA_THRESHOLD, 0.08, 0.5),
         "Consolidation": (float(s.consolidation is not None), *binary),
         "Pneumonia": (float(s.pneumonia), *binary),
         "Atelectasis": (float(s.atelectasis is not None), *binary),
         "Pneumothorax": (float(s.pneumothorax is not None), *binary),
-        "Pleural Effusion": (max(s.effusion), EFFUSION_THRESHOLD, 0.06),
+        "Pleural Effusion": (max(s.effusion), EFFUSION_THRESHOLD, 0.06, 0.55),
         "Pleural Other": (float(p.pleural_other), *binary),
         "Fracture": (float(p.fracture is not None and s.index >= p.fracture_study), *binary),
         "Support Devices": (float(bool(s.devices)), *binary),
@@ -329,14 +331,14 @@ def study_labels(p: Patient, s: Study, rng: np.random.Generator, clean: bool) ->
     """
     positive: dict[str, bool] = {}
     labels: dict[str, float] = {}
-    for name, (score, threshold, width) in _findings(p, s).items():
+    for name, (score, threshold, width, peak) in _findings(p, s).items():
         pos = score > threshold
         positive[name] = pos
         if clean:
             labels[name] = float(pos)
             continue
         if width > 0:
-            hedge = 0.55 * math.exp(-(((score - threshold) / width) ** 2))
+            hedge = peak * math.exp(-(((score - threshold) / width) ** 2))
         else:
             hedge = _HEDGE[name] if pos else 0.0
         if rng.random() < hedge:
@@ -423,12 +425,14 @@ def _ellipse(x, y, cx, cy, a, b, edge, power: int = 2, angle: float = 0.0) -> np
     return _in_window(draw, x, y, _window(x, y, cx, cy, reach, reach))
 
 
-def _segment_distance(x, y, p0, p1) -> np.ndarray:
-    """Distance from points (x, y) (any shape) to the segment p0-p1."""
-    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
-    px, py = x - p0[0], y - p0[1]
-    t = np.clip((px * dx + py * dy) / max(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
-    return np.sqrt((px - t * dx) ** 2 + (py - t * dy) ** 2)
+def _polyline_distance(x: np.ndarray, y: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance from M points (x, y) to the polyline through K points (K x 2)."""
+    p0, d = points[:-1], np.diff(points, axis=0)  # (K-1) x 2 each
+    length2 = np.maximum((d * d).sum(1), 1e-12)  # K-1
+    px, py = x[:, None] - p0[:, 0], y[:, None] - p0[:, 1]  # M x (K-1)
+    t = np.clip((px * d[:, 0] + py * d[:, 1]) / length2, 0.0, 1.0)
+    qx, qy = px - t * d[:, 0], py - t * d[:, 1]
+    return np.sqrt((qx * qx + qy * qy).min(1))  # M
 
 
 def _bezier(*ctrl: tuple[float, float], n: int = 16) -> np.ndarray:
@@ -443,18 +447,17 @@ def _bezier(*ctrl: tuple[float, float], n: int = 16) -> np.ndarray:
 def _tube(x, y, points: np.ndarray, radius: float, edge: float) -> np.ndarray:
     """Smooth mask of a curve of the given radius along the polyline ``points`` (K x 2).
 
-    Each segment is measured only inside its own bounding box (plus the radius), where the
-    mask can be non-zero; elsewhere the distance stays "far".
+    Distances are computed only inside the polyline's bounding box (plus the radius),
+    where the mask can be non-zero.
     """
     points = np.asarray(points, dtype=np.float32)
+    lo, hi = points.min(0), points.max(0)
     margin = radius + 4 * edge
-    dist = np.full(x.shape, np.float32(1e3))  # H x W
-    for p0, p1 in zip(points[:-1], points[1:]):
-        lo, hi = np.minimum(p0, p1) - margin, np.maximum(p0, p1) + margin
-        sel = (x > lo[0]) & (x < hi[0]) & (y > lo[1]) & (y < hi[1])
-        if sel.any():
-            dist[sel] = np.minimum(dist[sel], _segment_distance(x[sel], y[sel], p0, p1))
-    return _soft(radius - dist, edge)
+    sel = (x > lo[0] - margin) & (x < hi[0] + margin) & (y > lo[1] - margin) & (y < hi[1] + margin)
+    out = np.zeros_like(x)
+    if sel.any():
+        out[sel] = _soft(radius - _polyline_distance(x[sel], y[sel], points), edge)
+    return out
 
 
 def _sample_field(grid: np.ndarray, x: np.ndarray, y: np.ndarray, extent: float = 1.4):
@@ -710,7 +713,7 @@ def render_lateral(
     sev = max(s.effusion) + 0.5 * min(s.effusion)  # both sides superimpose on a lateral
     if sev >= 0.08:
         bottom = dia - 0.02 + 0.36  # the posterior costophrenic sulcus
-        rise = 0.6 * min(sev, 1.2) * h
+        rise = 0.5 * min(sev, 1.2) * h
         top = bottom - rise - (0.05 + 0.4 * rise) * t**3  # a level; the meniscus rises posteriorly
         fill = np.maximum(fill, 0.95 * _soft(y - top, 0.015 + 0.04 * sev) * envelope)
     if s.consolidation is not None:
@@ -770,7 +773,7 @@ def _generate_patient(task: tuple[int, int, str, int, Path, int]) -> list[list]:
     clean = split != "train"
     for study in studies:
         labels = study_labels(patient, study, rng, clean)
-        age = int(round(study.age))
+        age = int(round(min(study.age, 90.0)))  # CheXpert reports ages up to 90
         for view_no, projection in enumerate(study.views, start=1):
             width, height = _image_shape(rng, size)
             if projection == "LATERAL":

@@ -93,3 +93,27 @@ def convert_split_bn(module: nn.Module, groups: int) -> nn.Module:
         if converted is not child:
             setattr(module, name, converted)
     return module
+
+
+def convert_plain_bn(module: nn.Module) -> nn.Module:
+    """Replace every SplitBatchNorm2d in ``module`` by a plain BatchNorm2d with its state.
+
+    The inverse of :func:`convert_split_bn`, for fine-tuning a pretrained backbone with
+    ordinary batch statistics.  Returns the converted module.
+    """
+    if isinstance(module, SplitBatchNorm2d):
+        new = nn.BatchNorm2d(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        ).to(device=module.weight.device if module.weight is not None else None)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = convert_plain_bn(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

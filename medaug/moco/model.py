@@ -28,7 +28,7 @@ import torchvision
 from torch import Tensor, nn
 
 from medaug.errors import MedaugError
-from medaug.moco.bn import convert_split_bn
+from medaug.moco.bn import convert_plain_bn, convert_split_bn
 
 # name -> (constructor, name of the classifier attribute replaced by Identity)
 _ARCHS: dict[str, tuple[Callable[..., nn.Module], str]] = {
@@ -253,6 +253,14 @@ class MoCo(nn.Module):
         """
         return self.encoder_q.backbone
 
+    def export_backbone(self) -> nn.Module:
+        """A copy of the query backbone with plain BatchNorm2d layers (N x 3 x H x W -> N x D).
+
+        Use this for end-to-end fine-tuning, where training-mode BN should see the whole
+        batch rather than ``bn_groups`` groups.
+        """
+        return convert_plain_bn(copy.deepcopy(self.encoder_q.backbone))
+
     @torch.no_grad()
     def momentum_update(self) -> None:
         """Move the key encoder towards the query encoder (call once per step, before key)."""
@@ -269,12 +277,14 @@ class MoCo(nn.Module):
         In training mode the batch is shuffled before the key encoder and unshuffled after,
         so image i is normalised with a different set of images than its query: across all
         workers when torch.distributed has several, else across this worker's BN groups.
-        ``generator`` (on any device) makes the shuffle reproducible.
+        ``generator`` (on any device) makes the shuffle reproducible.  With one worker and
+        ``bn_groups == 1`` there is nothing to shuffle across and BN can leak, as in MoCo on
+        a single GPU.
         """
-        if not self.training:
-            return F.normalize(self.encoder_k(x).float(), dim=1)
-        if _world_size() > 1:
+        if _world_size() > 1 and self.training:
             return self._key_distributed(x, generator)
+        if not self.training or self.bn_groups == 1:  # nothing to shuffle across
+            return F.normalize(self.encoder_k(x).float(), dim=1)
         n = x.shape[0]
         perm = _randperm(n, generator, x.device)  # N: shuffled position -> image
         k = self.encoder_k(x[perm]).float()  # N x C, row p = image perm[p]

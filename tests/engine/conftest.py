@@ -33,9 +33,9 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("engine_cache")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_config(phantom_dir, cache_dir):
-    """``tiny_config(*overrides)``: ResNet-18, 32 px, K = 64, batch 8, 2 epochs of 3 steps."""
+    """``tiny_config(*overrides)``: ResNet-18, 32 px, K = 64, batch 8, 2 epochs of 2 steps."""
 
     def make(*overrides: str) -> Config:
         base = {
@@ -51,8 +51,8 @@ def tiny_config(phantom_dir, cache_dir):
                 "batch_size": 8,
                 "bn_groups": 2,
                 "epochs": 2,
-                "max_steps_per_epoch": 3,
-                "knn_bank": 200,
+                "max_steps_per_epoch": 2,
+                "knn_bank": 100,
                 "knn_queries": 100,
                 "knn_k": 5,
             },

@@ -224,3 +224,16 @@ def test_autocast_gives_float32_unit_outputs(moco):
         q, k = moco(x, x)
     assert q.dtype == k.dtype == torch.float32
     torch.testing.assert_close(q.norm(dim=1), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_export_backbone_has_plain_bn_and_the_same_weights(moco):
+    from medaug.moco.bn import SplitBatchNorm2d
+
+    exported = moco.export_backbone()
+    assert exported is not moco.backbone()
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in exported.modules())
+    assert any(isinstance(m, SplitBatchNorm2d) for m in moco.backbone().modules())
+    own, out = moco.backbone().state_dict(), exported.state_dict()
+    assert own.keys() == out.keys() and all(torch.equal(own[k], out[k]) for k in own)
+    exported.train()
+    exported(torch.randn(3, 3, 32, 32))  # an odd batch is fine without BN groups

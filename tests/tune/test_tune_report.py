@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -70,8 +71,9 @@ def _entry(aucs):
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
+def sweep_dir(tmp_path_factory, mlflow_template):
     out = tmp_path_factory.mktemp("sweep")
+    shutil.copy(mlflow_template, out / "mlflow.db")
     uri = default_tracking_uri(out)
     tracker = Tracker(uri, "tbl", "sid-1", default_artifact_location(out))
     for index, (key, (params, linear, e2e)) in enumerate(RUNS.items()):

@@ -13,10 +13,9 @@ from medaug.tune.tracking import (
 )
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mlflow")
-    return out, default_tracking_uri(out)
+@pytest.fixture
+def store(store_dir):
+    return store_dir, default_tracking_uri(store_dir)
 
 
 def test_default_locations(tmp_path):

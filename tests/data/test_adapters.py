@@ -1,0 +1,503 @@
+"""Dataset adapters against hand-written files in each real format (tests/data/fixtures).
+
+Expected rows are written out by hand from the fixture files; an observation not listed for
+a row is expected blank (NaN).
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medaug.data import DATASETS, load_table, read_table, resolve_root, write_table
+from medaug.data.schema import COLUMNS, OBSERVATIONS
+from medaug.errors import MedaugError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHEXPERT = FIXTURES / "chexpert" / "CheXpert-v1.0-small"
+MIMIC = FIXTURES / "mimic"
+NIH = FIXTURES / "nih"
+GENERIC = FIXTURES / "generic"
+GENERIC_MAP = {
+    "path": "file",
+    "patient_id": "subject",
+    "study_id": "visit",
+    "view": "position",
+    "split": "partition",
+    "sex": "gender",
+    "age": "years",
+    "Cardiomegaly": "cardio",
+}
+ID = ("image_id", "path", "patient_id", "study_id", "view", "projection", "split")
+
+
+def _ids(table: pd.DataFrame) -> list[tuple[str, ...]]:
+    return [tuple(r) for r in table.loc[:, list(ID)].itertuples(index=False)]
+
+
+def _assert_labels(table: pd.DataFrame, expected: list[dict[str, float]]) -> None:
+    """Each row's listed observations hold these values; every other observation is NaN."""
+    assert len(table) == len(expected)
+    for i, labels in enumerate(expected):
+        for obs in OBSERVATIONS:
+            got = table[obs].iat[i]
+            if obs in labels:
+                assert got == labels[obs], (i, obs, got)
+            else:
+                assert np.isnan(got), (i, obs, got)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+# --------------------------------------------------------------------------- CheXpert
+
+P = "CheXpert-v1.0-small/train/"
+CHEXPERT_TRAIN_IDS = [
+    (P + "patient00001/study1/view1_frontal.jpg", "patient00001", "patient00001/study1",
+     "frontal", "AP"),
+    (P + "patient00002/study2/view1_frontal.jpg", "patient00002", "patient00002/study2",
+     "frontal", "AP"),
+    # study12 stays study12: it is not study2 of the same patient.
+    (P + "patient00002/study12/view1_frontal.jpg", "patient00002", "patient00002/study12",
+     "frontal", "PA"),
+    # Blank AP/PA on a lateral image -> LATERAL.
+    (P + "patient00002/study12/view2_lateral.jpg", "patient00002", "patient00002/study12",
+     "lateral", "LATERAL"),
+    (P + "patient00003/study1/view1_frontal.jpg", "patient00003", "patient00003/study1",
+     "frontal", "AP"),
+    # "FRONTAL" / "lateral": the Frontal/Lateral column is read without regard to case.
+    (P + "patient00004/study1/view1_frontal.jpg", "patient00004", "patient00004/study1",
+     "frontal", "PA"),
+    (P + "patient00004/study1/view2_lateral.jpg", "patient00004", "patient00004/study1",
+     "lateral", "LL"),
+    # Blank AP/PA on a frontal image, and RL, are unknown.
+    (P + "patient00005/study3/view1_frontal.jpg", "patient00005", "patient00005/study3",
+     "frontal", "unknown"),
+    (P + "patient00005/study3/view2_lateral.jpg", "patient00005", "patient00005/study3",
+     "lateral", "unknown"),
+]
+CHEXPERT_TRAIN_LABELS = [
+    {"No Finding": 1.0, "Pneumothorax": 0.0, "Support Devices": 1.0},
+    {"Cardiomegaly": -1.0, "Lung Opacity": 1.0, "Edema": -1.0, "Consolidation": -1.0,
+     "Atelectasis": -1.0, "Pleural Effusion": -1.0, "Fracture": 1.0},
+    {"Lung Opacity": 1.0, "Consolidation": -1.0, "Pleural Effusion": 1.0},
+    {"Lung Opacity": 1.0, "Consolidation": -1.0, "Pleural Effusion": 1.0},
+    {"Edema": 1.0, "Pneumothorax": 0.0, "Pleural Effusion": 0.0},
+    {"No Finding": 1.0, "Enlarged Cardiomediastinum": 0.0, "Pleural Effusion": 0.0},
+    {"No Finding": 1.0, "Enlarged Cardiomediastinum": 0.0, "Pleural Effusion": 0.0},
+    {"Support Devices": 1.0},
+    {"Support Devices": 1.0},
+]
+
+
+def test_chexpert_train_rows():
+    table = load_table("chexpert", CHEXPERT / "train.csv")
+    assert tuple(table.columns) == COLUMNS
+    assert _ids(table) == [(p, p, pat, st, v, pr, "train") for p, pat, st, v, pr in
+                           CHEXPERT_TRAIN_IDS]
+    _assert_labels(table, CHEXPERT_TRAIN_LABELS)
+    assert table["sex"].tolist() == ["Female"] * 4 + ["Male", None, None, "Male", "Male"]
+    assert table["age"].tolist() == [68.0, 87.0, 83.0, 83.0, 41.0, 20.0, 20.0, 55.0, 55.0]
+    assert table.attrs == {"root": str(CHEXPERT), "dataset": "chexpert"}
+
+
+def test_chexpert_siblings_add_valid_and_test():
+    table = load_table("chexpert", CHEXPERT / "train.csv", include_siblings=True)
+    assert table["split"].tolist() == ["train"] * 9 + ["valid"] * 2 + ["test"]
+    assert _ids(table)[9:] == [
+        ("CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg",) * 2
+        + ("patient64541", "patient64541/study1", "frontal", "AP", "valid"),
+        ("CheXpert-v1.0-small/valid/patient64542/study1/view2_lateral.jpg",) * 2
+        + ("patient64542", "patient64542/study1", "lateral", "LATERAL", "valid"),
+        ("CheXpert-v1.0-small/test/patient64741/study1/view1_frontal.jpg",) * 2
+        + ("patient64741", "patient64741/study1", "frontal", "PA", "test"),
+    ]
+    _assert_labels(table.iloc[9:10], [
+        {o: 0.0 for o in OBSERVATIONS} | {"Enlarged Cardiomediastinum": 1.0,
+                                          "Cardiomegaly": 1.0, "Lung Opacity": 1.0}
+    ])
+    # Starting from valid.csv gives the same table (order train, valid, test).
+    from_valid = load_table("chexpert", CHEXPERT / "valid.csv", include_siblings=True)
+    pd.testing.assert_frame_equal(from_valid, table)
+    assert load_table("chexpert", CHEXPERT / "valid.csv")["split"].tolist() == ["valid"] * 2
+
+
+def test_chexpert_optional_columns(tmp_path):
+    """Without Frontal/Lateral, AP/PA, Sex and Age: view from the file name, defaults."""
+    src = pd.read_csv(CHEXPERT / "train.csv")
+    src.drop(columns=["Frontal/Lateral", "AP/PA", "Sex", "Age"]).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    table = load_table("chexpert", tmp_path / "train.csv")
+    assert table["view"].tolist() == [r[3] for r in CHEXPERT_TRAIN_IDS]
+    assert table["projection"].tolist() == [
+        "LATERAL" if r[3] == "lateral" else "unknown" for r in CHEXPERT_TRAIN_IDS
+    ]
+    assert table["sex"].isna().all() and table["age"].isna().all()
+
+
+def test_chexpert_phantom_layout_and_blank_view(tmp_path):
+    """Paths without a prefix folder (the phantom's ``train/patient.../...``)."""
+    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(OBSERVATIONS)
+    blanks = "," * (len(OBSERVATIONS) - 1)
+    (tmp_path / "train.csv").write_text(
+        f"{header}\n"
+        f"train/patient00001/study1/view1_frontal.jpg,Male,30,,PA,1.0{blanks}\n"
+        f"train/patient00001/study1/view2_lateral.jpg,Male,30,,,{blanks}\n"
+    )
+    table = load_table("chexpert", tmp_path / "train.csv")
+    assert _ids(table) == [
+        ("train/patient00001/study1/view1_frontal.jpg",) * 2
+        + ("patient00001", "patient00001/study1", "frontal", "PA", "train"),
+        ("train/patient00001/study1/view2_lateral.jpg",) * 2
+        + ("patient00001", "patient00001/study1", "lateral", "LATERAL", "train"),
+    ]
+
+
+def test_resolve_root(chexpert_copy):
+    folder = chexpert_copy.parent  # <tmp>/CheXpert-v1.0-small
+    first = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+    # No images anywhere: the CSV's folder (metadata-only work must not need images).
+    assert resolve_root(chexpert_copy, first) == folder
+    assert load_table("chexpert", chexpert_copy).attrs["root"] == str(folder)
+    # CheXpert's own layout: paths start with the dataset folder, so the root is its parent.
+    image = folder.parent / first
+    image.parent.mkdir(parents=True)
+    image.touch()
+    assert resolve_root(chexpert_copy, first) == folder.parent
+    assert load_table("chexpert", chexpert_copy).attrs["root"] == str(folder.parent)
+    # An explicit root wins, and must exist.
+    assert resolve_root(chexpert_copy, first, folder) == folder
+    assert load_table("chexpert", chexpert_copy, root=folder).attrs["root"] == str(folder)
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", chexpert_copy, root=folder / "nowhere")
+    assert _one_line(err) == f"image root {folder / 'nowhere'} does not exist"
+    assert resolve_root(folder, None) == folder  # a folder stands for itself
+
+
+def test_chexpert_unparsable_paths(tmp_path):
+    src = pd.read_csv(CHEXPERT / "train.csv")
+    src.loc[1, "Path"] = "CheXpert-v1.0-small/train/patient00002/view1_frontal.jpg"
+    src.loc[4, "Path"] = "CheXpert-v1.0-small/train/patient3/studyX/view1_frontal.jpg"
+    src.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", tmp_path / "train.csv")
+    message = _one_line(err)
+    assert message.startswith(f"{tmp_path / 'train.csv'}: 2 path(s) do not look like")
+    assert "patient00002/view1_frontal.jpg" in message and "studyX" in message
+
+
+def test_chexpert_missing_columns(tmp_path):
+    src = pd.read_csv(CHEXPERT / "train.csv")
+    src.drop(columns=["Path", "Pleural Effusion"]).to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", tmp_path / "train.csv")
+    assert _one_line(err).startswith(
+        f"{tmp_path / 'train.csv'}: missing column(s) 'Path', 'Pleural Effusion'"
+    )
+
+
+def test_chexpert_duplicates_and_bad_labels(tmp_path):
+    src = pd.read_csv(CHEXPERT / "train.csv")
+    pd.concat([src, src.iloc[[0]]]).to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(MedaugError, match="2 rows share a duplicate image_id") as err:
+        load_table("chexpert", tmp_path / "train.csv")
+    _one_line(err)
+    src.loc[0, "Edema"] = 2.0
+    src.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(MedaugError, match=r"observation 'Edema' has value\(s\) \['2.0'\]"):
+        load_table("chexpert", tmp_path / "train.csv")
+
+
+# --------------------------------------------------------------------------- MIMIC-CXR
+
+MIMIC_IDS = [
+    ("0a1b2c3d-11111111-22222222-33333333-44444444", "10000032", "50414267", "frontal", "PA",
+     "train"),
+    ("5e6f7a8b-55555555-66666666-77777777-88888888", "10000032", "50414267", "lateral",
+     "LATERAL", "train"),
+    ("9c0d1e2f-99999999-aaaaaaaa-bbbbbbbb-cccccccc", "10000032", "53189527", "frontal", "AP",
+     "train"),
+    ("3a4b5c6d-dddddddd-eeeeeeee-ffffffff-00000000", "11000011", "57375967", "frontal", "AP",
+     "valid"),
+    ("7e8f9a0b-12121212-34343434-56565656-78787878", "11000011", "57375967", "lateral", "LL",
+     "valid"),
+    # AP AXIAL and a blank ViewPosition are neither frontal nor lateral.
+    ("1c2d3e4f-9a9a9a9a-bcbcbcbc-dedededede-f0f0f0f0", "11000011", "57375967", "other",
+     "unknown", "valid"),
+    ("6a7b8c9d-13579bdf-2468ace0-11223344-55667788", "19999733", "52341872", "other",
+     "unknown", "test"),
+]
+STUDY_57375967 = {"Edema": 0.0, "Lung Opacity": 1.0, "Pleural Effusion": 1.0,
+                  "Pneumonia": -1.0, "Support Devices": 1.0}
+MIMIC_LABELS = [
+    {"No Finding": 1.0},
+    {"No Finding": 1.0},
+    {"Atelectasis": 1.0, "Pleural Effusion": -1.0, "Pneumothorax": 0.0},
+    STUDY_57375967,
+    STUDY_57375967,
+    STUDY_57375967,
+    {},  # a study without a row in the label file: blank labels
+]
+
+
+def _expected_mimic() -> list[tuple[str, ...]]:
+    return [
+        (d, f"files/p{s[:2]}/p{s}/s{st}/{d}.jpg", s, f"{s}/{st}", v, p, sp)
+        for d, s, st, v, p, sp in MIMIC_IDS
+    ]
+
+
+@pytest.mark.parametrize("arg", ["folder", "metadata"])
+def test_mimic_rows(arg):
+    csv = MIMIC if arg == "folder" else MIMIC / "mimic-cxr-2.0.0-metadata.csv"
+    table = load_table("mimic", csv)
+    assert _ids(table) == _expected_mimic()
+    assert _ids(table)[0][1] == (
+        "files/p10/p10000032/s50414267/0a1b2c3d-11111111-22222222-33333333-44444444.jpg"
+    )
+    _assert_labels(table, MIMIC_LABELS)
+    assert table["sex"].isna().all() and table["age"].isna().all()
+    assert table.attrs["root"] == str(MIMIC)
+
+
+def test_mimic_gzipped(tmp_path):
+    for f in MIMIC.iterdir():
+        with open(f, "rb") as src, gzip.open(tmp_path / (f.name + ".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    assert _ids(load_table("mimic", tmp_path)) == _expected_mimic()
+
+
+def _mimic_copy(tmp_path: Path) -> Path:
+    shutil.copytree(MIMIC, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_mimic_errors(tmp_path):
+    folder = _mimic_copy(tmp_path)
+    split = folder / "mimic-cxr-2.0.0-split.csv"
+    lines = split.read_text().splitlines()
+    split.write_text("\n".join(lines[:-1]) + "\n")  # the test image loses its split row
+    with pytest.raises(MedaugError) as err:
+        load_table("mimic", folder)
+    assert _one_line(err).startswith(f"{split}: 1 image(s) of mimic-cxr-2.0.0-metadata.csv "
+                                     "have no split row, e.g. ['6a7b8c9d-")
+    split.write_text("\n".join(lines[:-1] + [lines[-1].replace(",test", ",holdout")]) + "\n")
+    with pytest.raises(MedaugError, match=r"split value\(s\) \['holdout'\] not understood"):
+        load_table("mimic", folder)
+    split.unlink()
+    with pytest.raises(MedaugError) as err:
+        load_table("mimic", folder)
+    assert _one_line(err) == (
+        f"MIMIC-CXR folder {folder} has no mimic-cxr-2.0.0-split.csv (or .csv.gz)"
+    )
+
+
+def test_mimic_label_file_problems(tmp_path):
+    folder = _mimic_copy(tmp_path)
+    labels = folder / "mimic-cxr-2.0.0-chexpert.csv"
+    text = labels.read_text()
+    labels.write_text(text + text.splitlines()[1] + "\n")
+    with pytest.raises(MedaugError, match=r"2 rows repeat a study, e.g. \['10000032/50414267'"):
+        load_table("mimic", folder)
+    pd.read_csv(labels).drop(columns=["Edema"]).to_csv(labels, index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("mimic", folder)
+    assert _one_line(err).startswith(f"{labels}: missing column(s) 'Edema'")
+    with pytest.raises(MedaugError, match="MIMIC-CXR metadata CSV .*nothing.csv does not exist"):
+        load_table("mimic", folder / "nothing.csv")
+
+
+# --------------------------------------------------------------------------- NIH
+
+NIH_IDS = [
+    ("00000001_000.png", "1", "1/0", "PA", "train"),
+    ("00000001_001.png", "1", "1/1", "PA", "train"),
+    ("00000001_002.png", "1", "1/2", "PA", "train"),
+    ("00000002_000.png", "2", "2/0", "PA", "train"),
+    ("00000003_000.png", "3", "3/0", "PA", "test"),
+    ("00000003_001.png", "3", "3/1", "AP", "test"),
+    ("00000004_000.png", "4", "4/0", "AP", "train"),
+]
+# Observations NIH annotates are 0 unless listed; the three it does not annotate stay NaN.
+NIH_ZERO = {o: 0.0 for o in OBSERVATIONS
+            if o not in ("Enlarged Cardiomediastinum", "Fracture", "Support Devices")}
+NIH_LABELS = [
+    NIH_ZERO | {"Cardiomegaly": 1.0},
+    NIH_ZERO | {"Cardiomegaly": 1.0},  # Emphysema has no CheXpert counterpart
+    NIH_ZERO | {"Cardiomegaly": 1.0, "Pleural Effusion": 1.0},
+    NIH_ZERO | {"No Finding": 1.0},
+    NIH_ZERO,  # Hernia alone: no mapped finding, and not "No Finding"
+    NIH_ZERO | {"Pleural Effusion": 1.0, "Lung Opacity": 1.0, "Lung Lesion": 1.0,
+                "Pleural Other": 1.0},
+    NIH_ZERO | {"Lung Lesion": 1.0},
+]
+
+
+def test_nih_rows():
+    table = load_table("nih", NIH / "Data_Entry_2017.csv")
+    assert _ids(table) == [
+        (img, f"images/{img}", pat, st, "frontal", proj, sp) for img, pat, st, proj, sp in NIH_IDS
+    ]
+    _assert_labels(table, NIH_LABELS)
+    assert table["sex"].tolist() == ["Male"] * 4 + ["Female"] * 2 + ["Male"]
+    assert table["age"].tolist() == [58.0, 58.0, 58.0, 81.0, 81.0, 74.0, 82.0]
+
+
+def test_nih_without_lists_and_old_ages(tmp_path):
+    src = pd.read_csv(NIH / "Data_Entry_2017.csv", dtype=str)
+    src["Patient Age"] = ["058Y", "058Y", "058Y", "006M", "081Y", "74", "014D"]
+    src.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    table = load_table("nih", tmp_path / "Data_Entry_2017.csv")
+    assert table["split"].tolist() == ["train"] * 7
+    np.testing.assert_allclose(
+        table["age"].to_numpy(), [58, 58, 58, 0.5, 81, 74, 14 / 365.25]
+    )
+
+
+def test_nih_list_and_label_errors(tmp_path):
+    shutil.copytree(NIH, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "train_val_list.txt").write_text("00000001_000.png\n")
+    with pytest.raises(MedaugError) as err:
+        load_table("nih", tmp_path / "Data_Entry_2017.csv")
+    assert "4 image(s) are in neither of train_val_list.txt and test_list.txt" in _one_line(err)
+    (tmp_path / "train_val_list.txt").unlink()
+    src = pd.read_csv(NIH / "Data_Entry_2017.csv", dtype=str)
+    src.loc[2, "Finding Labels"] = "Cardiomegaly|Efusion"
+    src.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("nih", tmp_path / "Data_Entry_2017.csv")
+    assert "unknown finding name(s) ['Efusion']" in _one_line(err)
+    src.drop(columns=["Follow-up #"]).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    with pytest.raises(MedaugError, match=r"missing column\(s\) 'Follow-up #'"):
+        load_table("nih", tmp_path / "Data_Entry_2017.csv")
+
+
+# --------------------------------------------------------------------------- generic CSV
+
+
+def test_generic_rows():
+    table = load_table("csv", GENERIC / "images.csv", column_map=GENERIC_MAP)
+    assert _ids(table) == [
+        ("img/a1.png", "img/a1.png", "A", "A/v1", "frontal", "unknown", "train"),
+        ("img/a2.png", "img/a2.png", "A", "A/v1", "lateral", "LATERAL", "train"),
+        ("img/a3.png", "img/a3.png", "A", "A/v2", "frontal", "PA", "valid"),
+        ("img/b1.png", "img/b1.png", "B", "B/v1", "lateral", "LL", "test"),
+        ("img/b2.png", "img/b2.png", "B", "B/v2", "frontal", "AP", "test"),
+    ]
+    # "Pleural Effusion" is found by name; Cardiomegaly through the map.
+    _assert_labels(table, [
+        {"Pleural Effusion": 1.0, "Cardiomegaly": 0.0},
+        {"Pleural Effusion": 1.0},
+        {"Pleural Effusion": -1.0, "Cardiomegaly": 1.0},
+        {"Pleural Effusion": 0.0, "Cardiomegaly": 0.0},
+        {"Cardiomegaly": 1.0},
+    ])
+    assert table["sex"].tolist() == ["Female", "Female", "Female", "Male", None]
+    np.testing.assert_array_equal(table["age"].to_numpy(), [34, 34, 35, np.nan, 61.5])
+
+
+def test_generic_minimal_map_each_image_its_own_study():
+    table = load_table("csv", GENERIC / "images.csv",
+                       column_map={"path": "file", "patient_id": "subject",
+                                   "projection": "position"})
+    assert table["study_id"].tolist() == ["A/img/a1.png", "A/img/a2.png", "A/img/a3.png",
+                                          "B/img/b1.png", "B/img/b2.png"]
+    # From the projection alone: "Frontal" is no projection (unknown -> view other), while
+    # "lateral" is the LATERAL projection in lower case.
+    assert table["projection"].tolist() == ["unknown", "LATERAL", "PA", "LL", "AP"]
+    assert table["view"].tolist() == ["other", "lateral", "frontal", "lateral", "frontal"]
+    assert table["split"].tolist() == ["train"] * 5
+
+
+@pytest.mark.parametrize(
+    ("column_map", "message"),
+    [
+        ({"path": "file", "patient_id": "subject", "view": "where"},
+         "images.csv: column(s) named in data.column_map not found: 'where' (for view)"),
+        ({"path": "file", "patient_id": "subject"},
+         "must name the CSV column(s) for: view or projection"),
+        ({"path": "file", "view": "position"}, "must name the CSV column(s) for: patient_id"),
+        ({"path": "file", "patient_id": "subject", "view": "position", "laterality": "x"},
+         "data.column_map: unknown key(s) laterality; valid: path, patient_id, view"),
+        ({"path": "file", "patient_id": "subject", "view": "notes", "image_id": "file"},
+         "column 'notes' (view) has value(s) ['<blank>', 'first', 'second']; valid: frontal"),
+    ],
+)
+def test_generic_map_errors(column_map, message):
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", GENERIC / "images.csv", column_map=column_map)
+    assert message in _one_line(err)
+
+
+# --------------------------------------------------------------------------- load_table
+
+FIXTURE_OF = {
+    "chexpert": (CHEXPERT / "train.csv", None),
+    "mimic": (MIMIC, None),
+    "nih": (NIH / "Data_Entry_2017.csv", None),
+    "csv": (GENERIC / "images.csv", GENERIC_MAP),
+}
+
+
+def test_registry_names():
+    assert list(DATASETS) == ["chexpert", "mimic", "nih", "csv"]
+    with pytest.raises(MedaugError) as err:
+        load_table("padchest", CHEXPERT / "train.csv")
+    assert _one_line(err) == "unknown dataset 'padchest'; valid: chexpert, mimic, nih, csv"
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_every_dataset_round_trips_through_parquet(dataset, tmp_path):
+    csv, column_map = FIXTURE_OF[dataset]
+    table = load_table(dataset, csv, column_map=column_map)
+    assert tuple(table.columns) == COLUMNS and len(table) > 0
+    assert table.attrs["dataset"] == dataset
+    # Study ids never cross patients and always start with the patient id.
+    assert all(s.startswith(p + "/") for p, s in zip(table["patient_id"], table["study_id"]))
+    back = read_table(write_table(table, tmp_path / "t.parquet"))
+    pd.testing.assert_frame_equal(back, table, check_like=False)
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_missing_file(dataset, tmp_path):
+    column_map = FIXTURE_OF[dataset][1]
+    with pytest.raises(MedaugError) as err:
+        load_table(dataset, tmp_path / "absent.csv", column_map=column_map)
+    assert _one_line(err).endswith(f"{tmp_path / 'absent.csv'} does not exist")
+
+
+def test_column_map_only_for_csv():
+    with pytest.raises(MedaugError, match="column_map applies to dataset 'csv' only"):
+        load_table("chexpert", CHEXPERT / "train.csv", column_map={"path": "Path"})
+    with pytest.raises(MedaugError, match="dataset 'csv' needs data.column_map"):
+        load_table("csv", GENERIC / "images.csv")
+
+
+def test_unreadable_csv(tmp_path):
+    (tmp_path / "train.csv").write_text("")
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", tmp_path / "train.csv")
+    assert _one_line(err) == f"CheXpert CSV {tmp_path / 'train.csv'} is empty"
+
+
+def test_import_stays_light():
+    """Metadata-only commands import medaug.data without torch, Ray or matplotlib."""
+    code = (
+        "import sys, medaug.data, medaug.data.load; "
+        "print(sorted(m for m in ('torch', 'ray', 'matplotlib', 'torchvision') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
