@@ -4,7 +4,9 @@ Figures (best of ``--repeats``, measured side by side in this process):
 
 - ``pandas.read_csv`` of the CSV alone (the floor: every adapter must read the file);
 - ``load_table("chexpert", csv)``: read, parse, normalise and validate;
-- the adapter's cost beyond ``read_csv`` (goal <= 0.5 s) and the ratio load / read;
+- the adapter's cost beyond ``read_csv`` and the ratio load / read (goal: load <= 2x
+  read_csv, i.e. about 0.5 s beyond a 0.45 s read on an idle machine; the ratio is the
+  verdict because absolute times swing with the load of a shared machine);
 - path parsing: the adapter's pyarrow kernels against pandas' ``str.extract`` with the
   same pattern (a Python call per row), both on the same column.
 
@@ -30,7 +32,7 @@ from chexpert_shaped import make_chexpert_table, write_chexpert_csv  # noqa: E40
 from medaug.data.chexpert import parse_paths  # noqa: E402
 from medaug.data.load import load_table  # noqa: E402
 
-GOAL_EXTRA_S = 0.5
+GOAL_RATIO = 2.0
 EXTRACT = r"patient(\d+)/study(\d+)/view(\d+)_(frontal|lateral)"
 
 
@@ -74,15 +76,15 @@ def main() -> None:
         "parse_paths_s": round(t_parse, 4),
         "pandas_extract_s": round(t_extract, 4),
         "extract_over_parse": round(t_extract / t_parse, 2),
-        "goal_beyond_read_csv_s": GOAL_EXTRA_S,
+        "goal_load_over_read": GOAL_RATIO,
         "cpus": os.cpu_count(),
     }
-    ok = figures["beyond_read_csv_s"] <= GOAL_EXTRA_S
+    ok = t_load / t_read <= GOAL_RATIO
     print(f"rows                      {n}")
     print(f"read_csv                  {t_read:.3f} s")
-    print(f"load_table('chexpert')    {t_load:.3f} s   ({t_load / t_read:.2f}x read_csv)")
-    print(f"beyond read_csv           {t_load - t_read:.3f} s   goal <= {GOAL_EXTRA_S} s "
-          f"{'ok' if ok else 'MISSED'}")
+    print(f"load_table('chexpert')    {t_load:.3f} s   ({t_load / t_read:.2f}x read_csv, "
+          f"goal <= {GOAL_RATIO}x: {'ok' if ok else 'MISSED'})")
+    print(f"beyond read_csv           {t_load - t_read:.3f} s")
     print(f"path parsing (pyarrow)    {t_parse:.3f} s")
     print(f"pandas str.extract        {t_extract:.3f} s   ({t_extract / t_parse:.1f}x slower)")
     if args.json:

@@ -213,9 +213,14 @@ class ImageCache:
 
 
 def _pool_context():
-    # forkserver: safe in processes that already run threads (Ray workers, loaders).
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    """forkserver where available: safe in processes that already run threads (Ray workers,
+    data loaders), and with the data modules preloaded in the server, its children start
+    without importing them again (no effect if the server is already running)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["medaug.data.phantom", "medaug.data.cache"])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _usable_cpus() -> int:

@@ -4,6 +4,8 @@ Columns read: ``Path`` and the 14 observations (required); ``Frontal/Lateral``, 
 ``Sex``, ``Age`` (used when present).  Paths look like
 ``CheXpert-v1.0-small/train/patient00001/study12/view1_frontal.jpg``:
 
+- every path must end in ``patientN/studyN/viewN_frontal|lateral...`` (any prefix folders);
+  those that do not are reported, with their count and the first few, as one error;
 - patient_id = "patient00001", study_id = "patient00001/study12" -- the full study number
   (a study key built from the last digit would merge study12 with study2);
 - view from ``Frontal/Lateral`` in any case ("Frontal" is frontal), falling back to the
@@ -78,7 +80,8 @@ def parse_paths(path: pd.Series, source: str) -> tuple[pd.Series, pd.Series, pd.
         )
     parts = pc.split_pattern(text, "/", max_splits=3, reverse=True)  # N lists of 4 strings
     patient = pc.list_element(parts, 1)  # N "patient00001"
-    study = pc.binary_join_element_wise(patient, pc.list_element(parts, 2), "/")  # N "patient00001/study12"
+    # N "patient00001/study12": the full study number, so study12 never merges with study2.
+    study = pc.binary_join_element_wise(patient, pc.list_element(parts, 2), "/")
     view_file = pc.list_element(parts, 3)  # N "view1_frontal.jpg"
     lateral = np.asarray(pc.match_substring_regex(view_file, r"^view\d+_lateral"), dtype=bool)
     view = np.where(lateral, "lateral", "frontal").astype(object)

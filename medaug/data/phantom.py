@@ -589,12 +589,12 @@ def render_frontal(
         # Upright, fluid settles to a level that rises with severity (first filling the
         # costophrenic recess: a blunted angle) under a meniscus climbing the lateral wall.
         t = np.clip((side * (x - cx) + a) / (2 * a), 0.0, 1.0)  # 0 medial .. 1 lateral
-        rise = 0.7 * sev * h
+        rise = 0.85 * sev * h
         if ap:
             # Supine: the fluid layers posteriorly: a lower level under a basal veil.
             rise = 0.55 * rise
             veil = np.clip((y - cp + 0.95 * h) / (0.95 * h), 0.0, 1.0) ** 1.5
-            fill = np.maximum(fill, 0.55 * min(sev, 1.0) * veil * envelope)
+            fill = np.maximum(fill, 0.65 * min(sev, 1.0) * veil * envelope)
         top = cp - rise - (0.06 + 0.5 * rise) * t**3  # H x W
         fluid = _soft(y - top, 0.015 + 0.04 * sev) * envelope
         fill = np.maximum(fill, 0.95 * fluid)
@@ -713,7 +713,7 @@ def render_lateral(
     sev = max(s.effusion) + 0.5 * min(s.effusion)  # both sides superimpose on a lateral
     if sev >= 0.08:
         bottom = dia - 0.02 + 0.36  # the posterior costophrenic sulcus
-        rise = 0.5 * min(sev, 1.2) * h
+        rise = 0.42 * min(sev, 1.2) * h
         top = bottom - rise - (0.05 + 0.4 * rise) * t**3  # a level; the meniscus rises posteriorly
         fill = np.maximum(fill, 0.95 * _soft(y - top, 0.015 + 0.04 * sev) * envelope)
     if s.consolidation is not None:
@@ -821,9 +821,14 @@ def _write_csv(path: Path, rows: list[list]) -> None:
 
 
 def _pool_context():
-    # forkserver: safe in processes that already run threads (Ray workers, DataLoader).
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    """forkserver where available: safe in processes that already run threads (Ray workers,
+    data loaders), and with the data modules preloaded in the server, its children start
+    without importing them again (no effect if the server is already running)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["medaug.data.phantom", "medaug.data.cache"])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _default_workers() -> int:

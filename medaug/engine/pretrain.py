@@ -135,18 +135,6 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _read_images(images: Any, rows: np.ndarray) -> torch.Tensor:
-    """``images[rows]`` as a uint8 tensor (len(rows) x S x S), read in ascending order.
-
-    One fancy-indexed read of the memmap, sorted so the page cache is walked forwards; the
-    original order is restored on the tensor.
-    """
-    order = np.argsort(rows, kind="stable")
-    batch = torch.from_numpy(np.ascontiguousarray(images[rows[order]]))  # B x S x S
-    inverse = torch.from_numpy(np.argsort(order, kind="stable"))
-    return batch[inverse]
-
-
 def _as_number(x: Any) -> float | None:
     if x is None:
         return None
@@ -161,8 +149,8 @@ def _as_number(x: Any) -> float | None:
 class TrainStep:
     """One MoCo v2 step from table rows: read, augment, encode, loss, optimise, enqueue.
 
-    Everything runs batched on tensors: one sorted slice read of the cache per view, one
-    affine resample per batch for the augmentations, the loss over the whole queue.
+    Everything runs batched on tensors: one read of the cache per view, one affine resample
+    per batch for the augmentations, the loss over the whole queue at once.
 
     Args:
         model: the MoCo model (unwrapped); net: the module called for (q, k), i.e. the DDP
@@ -179,7 +167,7 @@ class TrainStep:
         p = cfg.pretrain
         self.model, self.net, self.queue = model, net, queue
         self.optimizer, self.scaler = optimizer, scaler
-        self.images = data.cache.images
+        self.cache = data.cache
         self.device, self.generator = device, generator
         self.use_amp = bool(p.amp and device.type == "cuda")
         self.size = cfg.data.image_size
@@ -200,8 +188,9 @@ class TrainStep:
         from medaug.moco.negatives import contrastive_loss
 
         device, gen = self.device, self.generator
-        x_q = _read_images(self.images, rows_q).to(device, non_blocking=True)  # B x S x S uint8
-        x_k = _read_images(self.images, rows_k).to(device, non_blocking=True)  # B x S x S uint8
+        # One sorted fancy-indexed read of the memmap per view (ImageCache.__getitem__).
+        x_q = torch.from_numpy(self.cache[rows_q]).to(device, non_blocking=True)  # B x S x S uint8
+        x_k = torch.from_numpy(self.cache[rows_k]).to(device, non_blocking=True)  # B x S x S uint8
         x_q = augment(x_q, gen, self.size, **self.aug)  # B x 3 x S x S
         x_k = augment(x_k, gen, self.size, **self.aug)  # B x 3 x S x S
         q_view = self.view[rows_q].to(device)  # B

@@ -147,14 +147,15 @@ def test_chexpert_optional_columns(tmp_path):
     assert table["sex"].isna().all() and table["age"].isna().all()
 
 
-def test_chexpert_phantom_layout_and_blank_view(tmp_path):
-    """Paths without a prefix folder (the phantom's ``train/patient.../...``)."""
+def test_chexpert_short_paths_and_blank_view(tmp_path):
+    """Paths with a short prefix (the phantom's ``train/patient.../...``) or none at all."""
     header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(OBSERVATIONS)
     blanks = "," * (len(OBSERVATIONS) - 1)
     (tmp_path / "train.csv").write_text(
         f"{header}\n"
         f"train/patient00001/study1/view1_frontal.jpg,Male,30,,PA,1.0{blanks}\n"
         f"train/patient00001/study1/view2_lateral.jpg,Male,30,,,{blanks}\n"
+        f"patient00002/study10/view1_frontal.jpg,Female,40,Frontal,AP,{blanks}\n"
     )
     table = load_table("chexpert", tmp_path / "train.csv")
     assert _ids(table) == [
@@ -162,6 +163,8 @@ def test_chexpert_phantom_layout_and_blank_view(tmp_path):
         + ("patient00001", "patient00001/study1", "frontal", "PA", "train"),
         ("train/patient00001/study1/view2_lateral.jpg",) * 2
         + ("patient00001", "patient00001/study1", "lateral", "LATERAL", "train"),
+        ("patient00002/study10/view1_frontal.jpg",) * 2
+        + ("patient00002", "patient00002/study10", "frontal", "AP", "train"),
     ]
 
 
@@ -501,3 +504,18 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_mimic_ids_as_text_and_blank_label_ids(tmp_path):
+    """Join keys of different kinds in the two files still meet: text ids, float ids."""
+    folder = _mimic_copy(tmp_path)
+    labels = folder / "mimic-cxr-2.0.0-chexpert.csv"
+    lines = labels.read_text().splitlines()
+    # A label row with a blank subject makes the column float; padded text ids elsewhere.
+    labels.write_text("\n".join(lines + [",59999999" + "," * 14]) + "\n")
+    meta = folder / "mimic-cxr-2.0.0-metadata.csv"
+    meta.write_text(meta.read_text().replace(",10000032,", ",s10000032,", 1))
+    table = load_table("mimic", folder)
+    # The first image's subject is now "s10000032": its study has no label row any more.
+    _assert_labels(table, [{}] + MIMIC_LABELS[1:])
+    assert table["patient_id"].tolist()[:2] == ["s10000032", "10000032"]
