@@ -558,8 +558,9 @@ def render_frontal(
         dome_c = cx - side * 0.05
         dome = apex + 0.24 * ((x - dome_c) / a) ** 2  # H x W: diaphragm height under x
         mediastinum = 0.075 * s.mediastinum + 0.03 * np.clip(y + 0.5, 0.0, 1.0)
-        if side > 0:  # the aortic knob bulges into the left lung
+        if side > 0:  # the aortic knob, then the left heart border leaving the mediastinum
             mediastinum = mediastinum + 0.06 * np.exp(-(((y + 0.42) / 0.08) ** 2))
+            mediastinum = mediastinum + 0.1 * np.clip((y + 0.3) / 0.4, 0.0, 1.0) ** 2
         lung = envelope * _soft(dome - y, edge) * _soft(side * x - mediastinum, edge)
         lungs += lung
         # The lateral costophrenic angle: where the dome meets the lateral wall.
@@ -630,7 +631,8 @@ def render_frontal(
     # Anterior ribs: fainter, sloping down towards the sternum, fading medially.
     phase = (y + 0.35 * r_abs) / (1.25 * p.rib_spacing) + 0.5 * p.rib_phase
     anterior = (0.5 + 0.5 * np.cos(2 * math.pi * phase)) ** 6 * _soft(r_abs - 0.22, 0.05)
-    atten += thorax * _soft(r_abs - 0.07, edge) * (0.16 * posterior + 0.07 * anterior)
+    above = _soft(dia + 0.3 - y, 0.08)  # ribs fade over the upper abdomen
+    atten += thorax * above * _soft(r_abs - 0.07, edge) * (0.16 * posterior + 0.07 * anterior)
     for side in (-1.0, 1.0):
         clavicle = _bezier((side * 0.07, -0.66 * h), (side * 0.32, -0.64 * h),
                            (side * 0.66, -0.8 * h))
@@ -719,6 +721,8 @@ def render_lateral(
     if s.consolidation is not None:
         _, _, cy, r = s.consolidation
         fill = np.maximum(fill, 0.7 * _ellipse(x, y, cx + 0.1, cy, 1.2 * r, r, 0.03))
+    for _, nx, ny, r in p.nodules:  # depth is unknown on a frontal: a fixed guess
+        fill = np.maximum(fill, 0.8 * _ellipse(x, y, cx + 0.4 * nx - 0.1, ny, r, r, edge))
     atten -= air * (1.0 - fill)
     atten += 0.15 * heart
 
@@ -843,7 +847,7 @@ def _clear_previous(out: Path) -> None:
     for name in ("train", "valid", "test"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
-    for name in ("train.csv", "valid.csv", "test.csv", MANIFEST):
+    for name in ("train.csv", "valid.csv", "test.csv"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -888,16 +892,19 @@ def make_phantom(
             previous = json.loads(manifest.read_text())
         except (OSError, ValueError):
             previous = {}
-        if previous.get("params") == params and all(
+        if previous.get("complete") and previous.get("params") == params and all(
             (out / f"{s}.csv").exists() for s in SPLIT_FRACTIONS
         ):
             return previous["summary"]
-        _clear_previous(out)
+        _clear_previous(out)  # another phantom, or one whose generation was interrupted
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MedaugError(
             f"{out} exists and does not hold a phantom dataset; choose a new or empty directory"
         )
     out.mkdir(parents=True, exist_ok=True)
+    # Claim the directory first: an interrupted run leaves an incomplete manifest, so the
+    # next run knows the files are its own to replace.
+    _write_manifest(manifest, {"params": params, "complete": False})
     start = time.perf_counter()
 
     splits = assign_splits(n_patients, seed)
@@ -936,10 +943,14 @@ def make_phantom(
     summary["seconds"] = round(time.perf_counter() - start, 2)
     for split, rows in by_split.items():
         _write_csv(out / f"{split}.csv", rows)
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    tmp.write_text(json.dumps({"params": params, "summary": summary}, indent=2) + "\n")
-    os.replace(tmp, manifest)
+    _write_manifest(manifest, {"params": params, "complete": True, "summary": summary})
     return summary
+
+
+def _write_manifest(path: Path, content: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _summarise(by_split: dict[str, list[list]], splits: list[str]) -> dict:
@@ -961,13 +972,26 @@ def _summarise(by_split: dict[str, list[list]], splits: list[str]) -> dict:
 # Figure
 
 
-def plot_samples(out_dir: Path, png: Path) -> Path:
+def _basal_contrast(image: np.ndarray) -> float:
+    """Brightness of the lateral lung bases relative to the mid lung, on the brighter side
+    (a crude effusion score of a frontal film, used to pick a telling example)."""
+    h, w = image.shape
+    sq = image[(h - w) // 2 : (h - w) // 2 + w].astype(np.float64)
+    base, mid = slice(int(0.55 * w), int(0.75 * w)), slice(int(0.3 * w), int(0.5 * w))
+    sides = (slice(int(0.1 * w), int(0.25 * w)), slice(int(0.75 * w), int(0.9 * w)))
+    return max(sq[base, c].mean() - sq[mid, c].mean() for c in sides)
+
+
+def plot_samples(out_dir: Path, png: Path, max_candidates: int = 200) -> Path:
     """A grid of phantom samples: one patient across studies (frontal over lateral) whose
-    effusion changes, and frontals of a few other patients.
+    effusion changes visibly, and frontals of a few other patients.
+
+    Images are shown as their central square, as the image cache keeps them.
 
     Args:
         out_dir: a phantom made by :func:`make_phantom`.
         png: the figure to write.
+        max_candidates: patients examined when choosing the example.
     """
     import matplotlib
 
@@ -983,23 +1007,36 @@ def plot_samples(out_dir: Path, png: Path) -> Path:
     df["study"] = df["Path"].str.rsplit("/", n=1).str[0]
     df["patient"] = df["Path"].str.split("/").str[1]
 
-    def score(group: pd.DataFrame) -> float:
-        per_study = group.groupby("study", sort=False)
-        has_both = per_study["Frontal/Lateral"].agg(lambda v: {"Frontal", "Lateral"} <= set(v))
-        effusion = per_study["Pleural Effusion"].first().fillna(0.0)
-        return 2.0 * has_both.sum() + 3.0 * (effusion.nunique() > 1) + min(len(per_study), 4)
+    def load(path: str) -> np.ndarray:
+        with Image.open(out_dir / path) as im:
+            return np.asarray(im)
 
-    scores = {pid: score(g) for pid, g in df.groupby("patient", sort=True)}
-    best = max(scores, key=lambda k: (scores[k], k))
+    # Candidates: several studies, effusion both present and absent, a lateral somewhere.
+    per_patient = df.groupby("patient", sort=True)
+    candidates = [
+        pid for pid, g in per_patient
+        if g["study"].nunique() >= 2 and (g["Frontal/Lateral"] == "Lateral").any()
+        and (g["Pleural Effusion"] == 1.0).any() and (g["Pleural Effusion"] != 1.0).any()
+    ][:max_candidates] or sorted(per_patient.groups)[:1]
+
+    def contrast(pid: str) -> float:
+        g = df[(df["patient"] == pid) & (df["Frontal/Lateral"] == "Frontal")]
+        pos = [_basal_contrast(load(p)) for p in g.loc[g["Pleural Effusion"] == 1.0, "Path"]]
+        neg = [_basal_contrast(load(p)) for p in g.loc[g["Pleural Effusion"] != 1.0, "Path"]]
+        return max(pos) - min(neg) if pos and neg else -np.inf
+
+    best = max(candidates, key=lambda pid: (contrast(pid), pid))
     studies = list(dict.fromkeys(df.loc[df["patient"] == best, "study"]))[:4]
-    others = [p for p in sorted(scores) if p != best][:4]
+    others = [p for p in sorted(per_patient.groups) if p != best][:4]
     ncols = max(len(studies), len(others), 1)
-    fig, axes = plt.subplots(3, ncols, figsize=(2.4 * ncols, 8.2), squeeze=False)
+    fig, axes = plt.subplots(3, ncols, figsize=(2.3 * ncols, 7.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
 
     def show(ax, row: pd.Series, title: str) -> None:
-        ax.imshow(np.asarray(Image.open(out_dir / row["Path"])), cmap="gray", vmin=0, vmax=255)
+        img = load(row["Path"])
+        h, w = img.shape
+        ax.imshow(img[(h - w) // 2 : (h - w) // 2 + w], cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=8)
 
     def effusion_text(v: float) -> str:
@@ -1018,11 +1055,14 @@ def plot_samples(out_dir: Path, png: Path) -> Path:
         if len(frontal):
             r = frontal.iloc[0]
             show(axes[2, j], r, f"{pid} {r['AP/PA']}\n{effusion_text(r['Pleural Effusion'])}")
-    fig.suptitle(f"phantom: {best} across studies (rows 1-2), other patients (row 3)", fontsize=9)
+    fig.suptitle(
+        f"phantom: {best} across studies (frontal, lateral), other patients (bottom row)",
+        fontsize=9,
+    )
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, png)
     return png

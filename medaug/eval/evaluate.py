@@ -155,7 +155,7 @@ class _TestSet:
                     "or another observation"
                 )
 
-    def score(self, scores: np.ndarray, o: int, n_boot: int, seed: int) -> dict[str, float]:
+    def score(self, scores: np.ndarray, o: int, n_boot: int, seed: int) -> dict[str, Any]:
         """AUC and bootstrap interval of one observation's test scores (N_test)."""
         from medaug.eval.metrics import aggregate_studies, auc, bootstrap_ci
 
@@ -164,10 +164,9 @@ class _TestSet:
             # Studies are the unit once scores are aggregated, so studies are resampled.
             _, y, s, m = aggregate_studies(self.studies, y, s, self.level, m)
         value = auc(y, s, m)
+        low = high = None  # no interval when eval.bootstrap = 0
         if n_boot > 0:
             low, high = bootstrap_ci(y, s, n=n_boot, seed=seed, mask=m)
-        else:
-            low = high = float("nan")
         return {"auc": value, "ci_low": low, "ci_high": high}
 
 

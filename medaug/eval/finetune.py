@@ -215,8 +215,8 @@ def finetune(
         history = list(state["history"])
     net = wrap_model(model) if wrap_model is not None else model
 
-    y_all = torch.from_numpy(np.asarray(data.train_labels, dtype=np.float32))  # n x O
-    m_all = torch.from_numpy(np.asarray(data.train_mask, dtype=np.float32))  # n x O
+    y_all = torch.from_numpy(np.array(data.train_labels, dtype=np.float32))  # n x O
+    m_all = torch.from_numpy(np.array(data.train_mask, dtype=np.float32))  # n x O
     n = len(data.train_rows)
     n_steps = math.ceil(n / s.batch_size)
     if s.max_steps_per_epoch:

@@ -12,7 +12,8 @@ from medaug.cli import main
 from medaug.config import build_config
 from medaug.data.phantom import make_phantom
 from medaug.errors import MedaugError
-from medaug.eval.evaluate import evaluate
+from medaug.eval.evaluate import eval_backbone, evaluate
+from medaug.eval.features import module_hash
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,8 @@ def test_linear_evaluation_schema_splits_and_resume(phantom, tmp_path):
     assert res["config"]["fraction"] == 0.2
     assert len(reports) == 3 and reports[0]["kind"] == "linear"
     assert (tmp_path / "roc.png").stat().st_size > 0
+    # The encoder evaluated is the seeded random one, and it came out unchanged.
+    assert res["encoder"]["hash"] == module_hash(eval_backbone(cfg, None, "random")[0])
 
     # The saved draws: three splits, none of their patients in the test set.
     splits = pd.read_csv(res["splits_csv"], dtype=str)
