@@ -10,8 +10,8 @@ Both loops run in this process on the same MoCo model and optimiser:
     sampler: cache reads, batched augmentations, shuffle-BN keys, the negative strategy's
     loss over a filled queue with metadata, optimiser step, enqueue.
 
-For every negative strategy a bare run and a real run are timed back to back, so a change
-in the machine's load affects both; the ratio (b)/(a) of images per second is the share of
+For every negative strategy the bare and the real steps are timed alternately, step by step,
+so a change in the machine's load affects both alike; the ratio (b)/(a) of images per second is the share of
 the encoder's speed that the data path, augmentations and negatives leave (goal >= 0.85).
 FLOPs of one step are counted with ``torch.utils.flop_counter`` and compared with the
 machine's measured fp32 matmul rate.
@@ -55,8 +55,8 @@ def matmul_gflops(device: torch.device, n: int = 1536, reps: int = 5) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each run")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--queue", type=int, default=4096)
@@ -109,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device).manual_seed(0)
     use_amp = p.amp and device.type == "cuda"
 
-    # (a) the bare loop's inputs: the same shapes as the real step's, made once.
-    x_q = torch.randn(args.batch, 3, args.size, args.size, device=device)  # B x 3 x S x S
-    x_k = torch.randn(args.batch, 3, args.size, args.size, device=device)  # B x 3 x S x S
+    # (a) the bare loop: fresh random inputs every step (a fixed batch would be learnt by
+    # heart within a few steps, and the vanishing gradients that follow run at the speed of
+    # denormal arithmetic on CPUs), and a fixed random queue.
     bank = F.normalize(torch.randn(args.queue, p.head_dim, device=device), dim=1)  # K x C
+    shape = (args.batch, 3, args.size, args.size)
 
     def bare_step() -> None:
+        x_q = torch.randn(shape, device=device)  # B x 3 x S x S
+        x_k = torch.randn(shape, device=device)  # B x 3 x S x S
         model.momentum_update()
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             q, k = model(x_q, x_k, gen)  # B x C, B x C
@@ -133,15 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     partner_rows = data.train[partners[order]]
     n_batches = len(order) // args.batch
 
-    def timed(step, n: int) -> float:
+    def timed_pair(bare, real, n: int) -> tuple[float, float]:
+        """Seconds of n bare and n real steps, interleaved step by step so that a change in
+        the machine's load hits both alike."""
         for i in range(args.warmup):
-            step(i)
-        _sync(device)
-        t0 = time.perf_counter()
+            bare(i)
+            real(i)
+        t_bare = t_real = 0.0
         for i in range(n):
-            step(i)
-        _sync(device)
-        return time.perf_counter() - t0
+            for step, is_bare in ((bare, True), (real, False)):
+                _sync(device)
+                t0 = time.perf_counter()
+                step(args.warmup + i)
+                _sync(device)
+                if is_bare:
+                    t_bare += time.perf_counter() - t0
+                else:
+                    t_real += time.perf_counter() - t0
+        return t_bare, t_real
 
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -173,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             sl = slice(b * args.batch, (b + 1) * args.batch)
             real(anchor_rows[sl], partner_rows[sl])
 
-        t_bare = timed(lambda i: bare_step(), args.steps)
-        t_real = timed(real_step, args.steps)
+        t_bare, t_real = timed_pair(lambda i: bare_step(), real_step, args.steps)
         images = args.batch * args.steps
         bare_ips, real_ips = images / t_bare, images / t_real
         results[strategy] = {

@@ -16,7 +16,7 @@ import argparse
 # The demo's phantom: enough patients for pairs, label splits and a test set with both
 # classes; drawn in well under a minute on two cores.
 DEMO_PATIENTS = 160
-DEMO_IMAGE_SIZE = 64
+DEMO_IMAGE_SIZE = 48
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

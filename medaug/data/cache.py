@@ -69,7 +69,7 @@ def resize_crop(image, size: int) -> np.ndarray:
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
@@ -224,10 +224,12 @@ def _pool_context():
 
 
 def _usable_cpus() -> int:
+    """The usable CPUs, at most 16 (beyond that the disk, not the CPU, sets the pace)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 16))
 
 
 @contextmanager
@@ -272,7 +274,7 @@ def build_cache(
         root: image root; None takes ``table.attrs["root"]`` (set by ``load_table``).
         size: output side S in pixels.
         cache_dir: where caches live.
-        workers: decoding processes (default: the usable CPUs; 1 decodes in-process).
+        workers: decoding processes (default: the usable CPUs, at most 16; 1 decodes in-process).
         skip_bad: drop missing or corrupt images (counted in ``cache.info["dropped"]``)
             instead of raising.
         progress: show a progress bar on stderr.

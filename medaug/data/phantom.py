@@ -836,10 +836,12 @@ def _pool_context():
 
 
 def _default_workers() -> int:
+    """The usable CPUs, at most 16 (beyond that the disk, not the CPU, sets the pace)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 16))
 
 
 def _clear_previous(out: Path) -> None:

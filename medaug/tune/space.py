@@ -326,7 +326,15 @@ def load_sweep(
     if output is not None:
         raw = _substitute(raw, "{output}", str(Path(output).resolve()))
     sweep = parse_sweep(raw, source, validate=not smoke)
-    return smoke_sweep(sweep) if smoke else sweep
+    if not smoke:
+        return sweep
+    # Settings given with --set win over the smoke run's (e.g. --smoke --set pretrain.epochs=3).
+    keep = [
+        ".".join(keys)
+        for keys, _ in (parse_override(o) for o in overrides or [])
+        if keys[0] in FIXED_SECTIONS
+    ]
+    return smoke_sweep(sweep, keep=keep)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "sweep") -> dict[str, Any]:
@@ -677,15 +685,21 @@ SMOKE_SETTINGS: dict[str, Any] = {
 }
 
 
-def smoke_sweep(sweep: SweepConfig, data: dict[str, Any] | None = None) -> SweepConfig:
+def smoke_sweep(
+    sweep: SweepConfig, data: dict[str, Any] | None = None, keep: list[str] | None = None
+) -> SweepConfig:
     """The same sweep shrunk to seconds per trial; every stage stays real.
 
     Tiny images, one epoch of two steps, a small queue and kNN bank, two probe epochs on two
     splits, and (``data``) a tiny phantom instead of the configured dataset.  The ImageNet
-    baseline is kept only when its local weights file is configured.
+    baseline is kept only when its local weights file is configured.  ``keep``: dotted keys
+    whose configured value wins over the smoke setting.
     """
     out = copy.deepcopy(sweep)
     forced = copy.deepcopy(SMOKE_SETTINGS)
+    for key in keep or []:
+        section, _, name = key.partition(".")
+        forced.get(section, {}).pop(name, None)
     if data:
         forced["data"].update(data)
     weights = (sweep.base.get("pretrain") or {}).get("weights")

@@ -63,6 +63,7 @@ SMOKE_DATA = "smoke_data"
 # The smoke phantom: enough patients for pool, selection and test partitions with both
 # classes, small enough to draw in seconds.
 SMOKE_PHANTOM = {"n_patients": 40, "image_size": 32, "seed": 0}
+TRIAL_MEMORY = 256 * 2**20  # bytes a trial reserves when it asks for no CPU or GPU
 
 
 def run_sweep(
@@ -129,9 +130,7 @@ def run_sweep(
             )
 
     output.mkdir(parents=True, exist_ok=True)
-    if smoke:
-        sweep = _smoke_data(sweep, output, progress)
-    sweep = _shared_paths(sweep, output)
+    sweep = sweep_inputs(sweep, output, smoke, progress)
     first = sweep.resolve(trials[0].params if trials else {}, output=str(output))
     _check_data(first)
 
@@ -149,6 +148,7 @@ def run_sweep(
         "artifact_location": artifacts,
         "target": first.data.target,
         "smoke": smoke,
+        "overrides": list(overrides or (state or {}).get("overrides") or []),
         "trials": [t.key for t in trials],
         "created": (state or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -205,12 +205,22 @@ def _load(
         raw = yaml.safe_load(stored.read_text()) if stored.exists() else None
         if not isinstance(raw, dict):
             raise MedaugError(f"{stored} is missing or damaged; pass --config again to resume")
-        return load_sweep(raw, overrides, output=output, smoke=smoke)
+        # Reapplying the stored --set strings changes nothing in the stored sweep, but tells
+        # a smoke run which settings the user chose over the smoke ones.
+        return load_sweep(raw, state.get("overrides") or overrides, output=output, smoke=smoke)
     if isinstance(sweep_cfg, SweepConfig):
         if overrides:
             raise MedaugError("overrides apply to sweep files; pass the path instead")
         return smoke_sweep(sweep_cfg) if smoke and not sweep_cfg.forced else sweep_cfg
     return load_sweep(sweep_cfg, overrides, output=output, smoke=smoke)
+
+
+def sweep_inputs(sweep: SweepConfig, output: Path, smoke: bool, progress: bool = True) -> SweepConfig:
+    """The sweep with its shared inputs in ``output``: the smoke phantom (generated when
+    ``smoke``), the image cache folder and the label-splits file every trial uses."""
+    if smoke:
+        sweep = _smoke_data(sweep, output, progress)
+    return _shared_paths(sweep, output)
 
 
 def _smoke_data(sweep: SweepConfig, output: Path, progress: bool) -> SweepConfig:
@@ -279,9 +289,7 @@ def _run_tune(
         started = True
     try:
         t = sweep.tune
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, ctx=ctx), {"cpu": t.cpu, "gpu": t.gpu}
-        )
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(t))
         storage = str(output / TUNE_DIR)
         path = os.path.join(storage, sweep.name)
         if resume and tune.Tuner.can_restore(path):
@@ -305,6 +313,18 @@ def _run_tune(
     finally:
         if started:
             ray.shutdown()
+
+
+def trial_resources(t: Any) -> dict[str, float]:
+    """The trial process's resource request (``tune.resources``).
+
+    A trial asking for neither CPU nor GPU (it mostly waits on its pretraining workers)
+    still needs a non-empty request: it reserves a little memory instead.
+    """
+    out = {"cpu": t.cpu, "gpu": t.gpu}
+    if not t.cpu and not t.gpu:
+        out["memory"] = TRIAL_MEMORY
+    return out
 
 
 def _tune_config(sweep: SweepConfig) -> Any:

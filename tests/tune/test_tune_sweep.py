@@ -1,0 +1,383 @@
+"""The sweep end to end: real Ray Tune + Ray Train + MLflow on a tiny phantom.
+
+The default set runs one smoke sweep of two pretraining trials plus an ImageNet baseline
+whose weights file is broken, so that trial fails while the others finish; an ``mlflow
+server`` is then started on the sweep's database and queried over REST.  The slow set kills
+a running sweep with SIGKILL and resumes it, and runs a sweep on a two-node Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medaug.cli import main as cli_main
+from medaug.tune.report import read_state
+from medaug.tune.tracking import tracker_from_state
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+TWO = ["criterion=instance", "criterion=patient_same_study"]
+
+
+def _sweep_file(folder: Path, weights: Path | None = None, **pretrain) -> Path:
+    """A two-criterion sweep of the demo's settings (the smoke run shrinks it further)."""
+    raw = yaml.safe_load((REPO / "sweeps" / "demo.yaml").read_text())
+    raw["name"] = "smoke"
+    raw["space"] = {"pretrain.criterion": {"grid": ["instance", "patient_same_study"]}}
+    raw["baselines"] = ["imagenet"] if weights else []
+    raw["pretrain"].update(pretrain)
+    if weights:
+        raw["pretrain"]["weights"] = str(weights)
+    raw["tune"].update({"max_concurrent": 2, "resources": {"cpu": 0, "gpu": 0}})
+    path = folder / "smoke.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _runs(output: Path) -> dict:
+    tracker = tracker_from_state(read_state(output))
+    runs = tracker.runs()
+    by_key = {r.data.tags["trial_key"]: r for r in runs}
+    assert len(by_key) == len(runs), "more than one MLflow run for a trial"
+    return by_key
+
+
+# ---------------------------------------------------------------------------------------------
+# Fails before any trial
+
+
+def test_bad_sweep_fails_before_anything_runs(tmp_path, capsys):
+    import ray
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "bad", "space": {"pretrain.criterion": ["instance", "nope"]}}))
+    out = tmp_path / "out"
+    assert cli_main(["sweep", "--config", str(bad), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pair criterion 'nope'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not ray.is_initialized()
+    assert cli_main(["sweep", "--config", "demo", "--output", str(out), "--set", "pretrain.bogus=1"]) == 2
+    assert "unknown config key 'pretrain.bogus'" in capsys.readouterr().err
+    # A paper table without its dataset: refused before Ray starts, naming the key.
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    assert cli_main(["sweep", "--config", "table6", "--output", str(out), "--set", f"pretrain.weights={weights}"]) == 2
+    assert "data.csv is not set" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert cli_main(["sweep", "--output", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_dry_run_lists_trials(tmp_path, capsys):
+    assert cli_main(["sweep", "--config", "table6", "--output", str(tmp_path), "--dry-run", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials:" in out and "negatives=synthetic" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# A smoke sweep through Ray Tune, Ray Train and MLflow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run the smoke sweep once for the module: two criteria and a failing baseline."""
+    import torch
+
+    from medaug.tune.sweep import run_sweep
+
+    folder = tmp_path_factory.mktemp("smoke")
+    broken = folder / "broken-imagenet.pth"
+    broken.write_bytes(b"not a state dict")
+    output = folder / "out"
+    torch.set_num_threads(1)
+    t0 = time.time()
+    table = run_sweep(
+        str(_sweep_file(folder, weights=broken)), output, smoke=True, progress=False, num_cpus=2
+    )
+    return {"output": output, "table": table, "seconds": time.time() - t0}
+
+
+def test_smoke_sweep_runs_every_stage(smoke):
+    output, table = smoke["output"], smoke["table"]
+    state = json.loads((output / "sweep.json").read_text())
+    assert state["trials"] == ["baseline-imagenet", *TWO]
+    rows = table.rows.set_index("key")
+    assert list(rows["status"]) == ["FAILED", "FINISHED", "FINISHED"]
+    runs = _runs(output)
+    assert sorted(runs) == sorted(state["trials"])
+    for key in TWO:
+        run = runs[key]
+        assert run.info.status == "FINISHED" and run.info.run_name == key
+        m, p = run.data.metrics, run.data.params
+        assert p["criterion"] == key.split("=")[1] and p["pretrain.criterion"] == p["criterion"]
+        assert p["crop_scale"] == "None" and p["negatives"] == "default"
+        assert p["pretrain.epochs"] == "1" and p["data.image_size"] == "32"  # the smoke settings
+        assert 0.0 <= m["linear_auc_mean"] <= 1.0 and "linear_auc_std" in m
+        assert {"linear_auc_split0", "linear_auc_split1", "linear_ci_low_split0"} <= set(m)
+        assert rows.loc[key, "linear_mean"] == pytest.approx(m["linear_auc_mean"])
+        # Per-epoch curves, logged at step = epoch.
+        client = tracker_from_state(read_state(output)).client
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [1]
+        folder = output / "trials" / key
+        done = json.loads((folder / "trial.json").read_text())
+        assert done["run_id"] == run.info.run_id
+        assert done["metrics"]["linear_auc_mean"] == pytest.approx(m["linear_auc_mean"])
+        results = json.loads((folder / "eval" / "results.json").read_text())
+        assert results["splits_csv"] == str(output / "splits.csv")  # shared by all trials
+        assert (folder / "pretrain" / "checkpoints").is_dir()
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "results.json", "splits.csv", "roc.png"} <= artifacts
+    # The two trials were scored on the same label splits, against the same test set.
+    assert rows.loc[TWO[1], "linear_diff"] == pytest.approx(
+        rows.loc[TWO[1], "linear_mean"] - rows.loc[TWO[0], "linear_mean"]
+    )
+    assert (output / "report" / "results.md").exists() and (output / "report" / "results.png").exists()
+
+
+def test_failed_trial_is_errored_without_stopping_the_others(smoke):
+    output = smoke["output"]
+    runs = _runs(output)
+    failed = runs["baseline-imagenet"]
+    assert failed.info.status == "FAILED" and "error" in failed.data.tags
+    assert "linear_auc_mean" not in failed.data.metrics
+    error = (output / "trials" / "baseline-imagenet" / "error.txt").read_text()
+    assert "Traceback" in error
+    assert not (output / "trials" / "baseline-imagenet" / "trial.json").exists()
+    assert all(runs[k].info.status == "FINISHED" for k in TWO)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_answers_rest_search(smoke):
+    """An ``mlflow server`` on the sweep's database serves its runs over the REST API."""
+    output = smoke["output"]
+    state = read_state(output)
+    port = _free_port()
+    mlflow = str(Path(PY).with_name("mlflow"))
+    server = subprocess.Popen(
+        [mlflow, "server", "--backend-store-uri", state["tracking_uri"], "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                pytest.fail("mlflow server did not come up")
+            time.sleep(1)
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={state['experiment']}"
+        ) as r:
+            experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
+        body = json.dumps({
+            "experiment_ids": [experiment_id],
+            "filter": f"tags.sweep_id = '{state['sweep_id']}' and attributes.status = 'FINISHED'",
+            "max_results": 100,
+        }).encode()
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", data=body,
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            found = json.loads(r.read())["runs"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    by_name = {run["info"]["run_name"]: run for run in found}
+    assert sorted(by_name) == sorted(TWO)
+    local = _runs(output)
+    for key, run in by_name.items():
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert metrics["linear_auc_mean"] == pytest.approx(local[key].data.metrics["linear_auc_mean"])
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        assert params["criterion"] == key.split("=")[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: kill -9 and resume; a two-node cluster
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists()}
+
+
+def _write_imagenet_weights(path: Path) -> None:
+    """A valid local ResNet-18 weights file (random values: nothing is downloaded)."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), path)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path):
+    """SIGKILL the sweep mid-way; --resume finishes every trial once, one MLflow run each."""
+    weights = tmp_path / "broken.pth"
+    weights.write_bytes(b"broken")  # the baseline fails first, and is retried on resume
+    config = _sweep_file(tmp_path, weights=weights, epochs=3)
+    output = tmp_path / "out"
+    cmd = [PY, "-m", "medaug.cli", "sweep", "--config", str(config), "--output", str(output),
+           "--smoke", "--quiet", "--num-cpus", "2",
+           "--set", "pretrain.epochs=3", "--set", "pretrain.max_steps_per_epoch=6"]
+    # --set wins over the smoke run's single epoch: three give the kill something to interrupt.
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    trials = output / "trials"
+    deadline = time.time() + 900
+    try:
+        # Kill once some trial has a checkpoint and at least one trial is not finished.
+        while time.time() < deadline:
+            ckpts = list(trials.glob("*/pretrain/checkpoints/epoch_*/state.pt"))
+            done = list(trials.glob("*/trial.json"))
+            if ckpts and len(done) < 2:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        family = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        finished_before = {p.parent.name: p.stat().st_mtime for p in trials.glob("*/trial.json")}
+        # Whatever Ray left behind winds down once its driver is gone; wait for it, so the
+        # resumed sweep does not share trial folders with stragglers.
+        end = time.time() + 120
+        while _alive(family) and time.time() < end:
+            time.sleep(1)
+        for pid in _alive(family):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    _write_imagenet_weights(weights)
+    resumed = subprocess.run(
+        [PY, "-m", "medaug.cli", "sweep", "--output", str(output), "--resume", "--quiet",
+         "--num-cpus", "2"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=1200,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    keys = ["baseline-imagenet", *TWO]
+    runs = _runs(output)
+    assert sorted(runs) == sorted(keys)
+    for key in keys:
+        assert runs[key].info.status == "FINISHED"
+        assert "linear_auc_mean" in runs[key].data.metrics
+        assert (trials / key / "trial.json").exists()
+    # Trials finished before the kill were not run again.
+    for key, mtime in finished_before.items():
+        assert (trials / key / "trial.json").stat().st_mtime == mtime
+    # An interrupted trial resumed from its checkpoint instead of starting over.
+    for key in TWO:
+        if key in finished_before:
+            continue
+        events = [json.loads(x) for x in (trials / key / "pretrain" / "events.jsonl").read_text().splitlines()]
+        starts = [e for e in events if e["event"] in ("start", "resume")]
+        history = [json.loads(x) for x in (trials / key / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in history] == [1, 2, 3]  # every epoch once
+        assert len(starts) >= 1
+    client = tracker_from_state(read_state(output)).client
+    for key in TWO:
+        steps = [h.step for h in client.get_metric_history(runs[key].info.run_id, "loss")]
+        assert sorted(steps) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sweep_on_a_two_node_ray_cluster(tmp_path):
+    """``sweeps/sweep.py`` against a real two-node Ray cluster (head + joined worker)."""
+    ray_bin = str(Path(PY).with_name("ray"))
+    port = _free_port()
+    temp = Path("/tmp") / f"medaug-ray-{os.getpid()}"  # our cluster's own session folder
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    started: list[int] = []
+    try:
+        subprocess.run(
+            [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+             f"--temp-dir={temp}", "--disable-usage-stats"],
+            check=True, capture_output=True, env=env, timeout=300,
+        )
+        subprocess.run(
+            [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
+            check=True, capture_output=True, env=env, timeout=300,
+        )
+        import ray
+
+        ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
+        try:
+            assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        finally:
+            ray.shutdown()
+        output = tmp_path / "out"
+        run = subprocess.run(
+            [PY, str(REPO / "sweeps" / "sweep.py"), "--config", str(_sweep_file(tmp_path)),
+             "--output", str(output), "--smoke", "--quiet"],
+            capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        runs = _runs(output)
+        assert sorted(runs) == sorted(TWO)
+        assert all(r.info.status == "FINISHED" for r in runs.values())
+        assert read_state(output)["tracking_uri"].startswith("sqlite:///")  # no server here
+    finally:
+        started = [p for p in _ray_pids(temp)]
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _ray_pids(temp: Path) -> list[int]:
+    """Processes of our test cluster: those whose command line names its temp folder."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+        except OSError:
+            continue
+        if str(temp) in cmdline:
+            out.append(int(entry.name))
+    return out
