@@ -236,10 +236,12 @@ def plot_table(table: ResultTable, path: str | Path) -> Path:
         stds = np.nan_to_num(rows[f"{stage}_std"].to_numpy(dtype=float)) if len(rows) else np.zeros(0)
         ax.bar(x + (j - (len(stages) - 1) / 2) * width, np.nan_to_num(means), width, yerr=stds,
                capsize=3, label=STAGE_TITLES[stage])
-    finite = rows[[f"{s}_mean" for s in stages]].to_numpy(dtype=float) if len(rows) else np.zeros(0)
-    finite = finite[np.isfinite(finite)]
-    if finite.size:
-        ax.set_ylim(max(0.0, float(finite.min()) - 0.1), min(1.0, float(finite.max()) + 0.05))
+    if len(rows):
+        means = rows[[f"{s}_mean" for s in stages]].to_numpy(dtype=float)
+        stds = np.nan_to_num(rows[[f"{s}_std" for s in stages]].to_numpy(dtype=float))
+        low, high = (means - stds)[np.isfinite(means)], (means + stds)[np.isfinite(means)]
+        if low.size:  # the whole error bars in view, the bars' differences readable
+            ax.set_ylim(max(0.0, float(low.min()) - 0.05), min(1.0, float(high.max()) + 0.05))
     ax.set_xticks(x)
     ax.set_xticklabels([_short_label(r) for r in rows.to_dict("records")], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("AUC (mean ± std over splits)")
