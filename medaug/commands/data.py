@@ -13,7 +13,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from medaug.errors import MedaugError
+from medaug.data.load import parse_column_map
 
 DEFAULT_CACHE_DIR = "runs/cache"
 
@@ -73,17 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return {"phantom": _phantom, "cache": _cache, "table": _table}[args.action](args)
-
-
-def parse_column_map(items: list[str]) -> dict[str, str]:
-    """``["patient_id=subject", ...]`` -> ``{"patient_id": "subject", ...}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise MedaugError(f"--map {item!r} must look like canonical=column")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _load(args: argparse.Namespace):

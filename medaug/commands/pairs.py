@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from medaug.data.load import parse_column_map
 from medaug.errors import MedaugError
 
 DATASETS = ("chexpert", "mimic", "nih", "csv")
@@ -48,17 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", default=None, metavar="OUT", help="write the statistics as JSON")
     out.add_argument("--plot", default=None, metavar="OUT.png", help="write the figure")
-
-
-def parse_column_map(items: list[str]) -> dict[str, str]:
-    """``["patient_id=subject", ...]`` -> ``{"patient_id": "subject", ...}``."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise MedaugError(f"--map {item!r} must look like canonical=column")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def summary(stats: dict) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from medaug.data.workers import pool_context, usable_cpus
 from medaug.errors import MedaugError
 
 CACHE_VERSION = 1
@@ -212,26 +212,6 @@ class ImageCache:
         return f"ImageCache({str(self.path)!r}, n={len(self)}, size={self.size})"
 
 
-def _pool_context():
-    """forkserver where available: safe in processes that already run threads (Ray workers,
-    data loaders), and with the data modules preloaded in the server, its children start
-    without importing them again (no effect if the server is already running)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["medaug.data.phantom", "medaug.data.cache"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def _usable_cpus() -> int:
-    """The usable CPUs, at most 16 (beyond that the disk, not the CPU, sets the pace)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 16))
-
-
 @contextmanager
 def _exclusive(lock_path: Path):
     """Hold an exclusive lock on ``lock_path`` (concurrent builders wait for each other)."""
@@ -353,7 +333,7 @@ def _build(
     array_path, status = _open_partial(partial, n, size)
     paths = [str(root / p) for p in table["path"].astype(str)]
     todo = np.flatnonzero(status != OK)  # not yet decoded, or bad last time (retry)
-    workers = _usable_cpus() if workers is None else max(1, int(workers))
+    workers = usable_cpus() if workers is None else max(1, int(workers))
     chunk = int(np.clip(math.ceil(len(todo) / (4 * workers)), 16, 256))
     # Contiguous runs of rows to decode, cut into chunks.
     tasks = []
@@ -378,7 +358,7 @@ def _build(
             for task in tasks:
                 record(*_decode_chunk(task))
         else:
-            with _pool_context().Pool(min(workers, len(tasks))) as pool:
+            with pool_context().Pool(min(workers, len(tasks))) as pool:
                 for result in pool.imap_unordered(_decode_chunk, tasks):
                     record(*result)
     finally:

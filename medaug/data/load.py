@@ -100,3 +100,14 @@ def load_table(
     table.attrs["root"] = str(resolve_root(csv, first, root))
     table.attrs["dataset"] = dataset
     return table
+
+
+def parse_column_map(items: list[str] | None) -> dict[str, str]:
+    """``["patient_id=subject", ...]`` -> ``{"patient_id": "subject", ...}`` (command lines)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise MedaugError(f"--map {item!r} must look like canonical=column")
+        out[key.strip()] = value.strip()
+    return out

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import time
@@ -40,25 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medaug.data.schema import OBSERVATIONS
+from medaug.data.workers import pool_context, usable_cpus
 from medaug.errors import MedaugError
 
 # CheXpert's CSV columns, in order.
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
 CSV_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + OBSERVATIONS
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
 MANIFEST = "phantom.json"
@@ -824,26 +809,6 @@ def _write_csv(path: Path, rows: list[list]) -> None:
     os.replace(tmp, path)
 
 
-def _pool_context():
-    """forkserver where available: safe in processes that already run threads (Ray workers,
-    data loaders), and with the data modules preloaded in the server, its children start
-    without importing them again (no effect if the server is already running)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["medaug.data.phantom", "medaug.data.cache"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def _default_workers() -> int:
-    """The usable CPUs, at most 16 (beyond that the disk, not the CPU, sets the pace)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 16))
-
-
 def _clear_previous(out: Path) -> None:
     """Remove a previous phantom from ``out`` (only files a phantom writes)."""
     for name in ("train", "valid", "test"):
@@ -918,7 +883,7 @@ def make_phantom(
                 counter += 1
                 numbers[index] = counter
     tasks = [(seed, i, splits[i], numbers[i], out, image_size) for i in range(n_patients)]
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = usable_cpus() if workers is None else max(1, int(workers))
     chunk = max(1, min(32, math.ceil(n_patients / (4 * workers))))
     chunks = [tasks[i : i + chunk] for i in range(0, n_patients, chunk)]
 
@@ -931,7 +896,7 @@ def make_phantom(
             results.extend(_generate_chunk(c))
             bar.update(len(c))
     else:
-        with _pool_context().Pool(min(workers, len(chunks))) as pool:
+        with pool_context().Pool(min(workers, len(chunks))) as pool:
             for c, rows in zip(chunks, pool.imap(_generate_chunk, chunks)):
                 results.extend(rows)
                 bar.update(len(c))
