@@ -199,23 +199,19 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         path: a run folder (its best checkpoint is used), a checkpoint folder or a state file.
 
     Returns:
-        (backbone, config): the query encoder without its projection head, on CPU in eval
-        mode (it maps N x 3 x S x S images to N x D features), and the saved config as a
-        nested dict (``medaug.config.build_config`` turns it back into a Config).
+        (backbone, config): the query encoder without its projection head, as a plain
+        torchvision module on CPU in eval mode (N x 3 x S x S images -> N x D features), and
+        the saved config as a nested dict (``medaug.config.build_config`` rebuilds a Config).
     """
-    from medaug.moco.model import MoCo
+    from medaug.moco.model import build_backbone, extract_backbone_state
 
     state = load_state(path)
     cfg = state["config"]
-    p = cfg["pretrain"]
-    # The weights come from the checkpoint, so the encoders start random: no ImageNet file
-    # is needed to read a checkpoint.
-    model = MoCo(
-        p["arch"], "random", None, p["head_hidden"], p["head_dim"], p["momentum"],
-        bn_groups=p.get("bn_groups", 1),
-    )
-    model.load_state_dict(state["model"])
-    backbone = model.backbone()
+    # A plain torchvision backbone (ordinary BatchNorm, whatever bn_groups pretraining used),
+    # so fine-tuning normalises its batches as usual; random init, as the weights come from
+    # the checkpoint (no ImageNet file is needed to read one).
+    backbone, _ = build_backbone(cfg["pretrain"]["arch"], "random", None)
+    backbone.load_state_dict(extract_backbone_state(state["model"]))
     backbone.eval()
     return backbone, cfg
 

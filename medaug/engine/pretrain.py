@@ -135,6 +135,13 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def _say(line: str) -> None:
+    """One line on stderr, written directly (Ray Train workers patch ``print``, which would
+    log the line twice)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _as_number(x: Any) -> float | None:
     if x is None:
         return None
@@ -171,7 +178,10 @@ class TrainStep:
         self.device, self.generator = device, generator
         self.use_amp = bool(p.amp and device.type == "cuda")
         self.size = cfg.data.image_size
-        self.aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale)
+        self.aug = dict(
+            hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
+            crop_ratio=tuple(p.crop_ratio),
+        )
         self.loss_args = dict(t=p.reweight_t, m=p.n_hard)
         self.strategy, self.temperature = p.negatives, p.temperature
         self.view = torch.from_numpy(data.view)  # N
@@ -323,15 +333,20 @@ def _log_event(out_dir: Path, event: str, **fields: Any) -> None:
         fh.write(json.dumps(record, default=str) + "\n")
 
 
-def _resume_source(out_dir: Path, resume: bool, resume_from: str | Path | None) -> Path | None:
-    """The newest of ``resume_from`` and the run folder's latest checkpoint."""
-    if not resume:
+def _resume_source(
+    out_dir: Path, resume: bool, resume_from: str | Path | None, epoch: int | None = None
+) -> Path | None:
+    """The newest of ``resume_from`` and the run folder's latest checkpoint (or the one of
+    them taken after ``epoch`` epochs)."""
+    if not resume or (epoch is not None and epoch < 0):
         return None
     candidates = [Path(resume_from)] if resume_from is not None else []
     latest = ckpt.latest_checkpoint(out_dir)
     if latest is not None:
         candidates.append(latest)
     candidates = [c for c in candidates if (c / ckpt.STATE).exists()]
+    if epoch is not None:
+        candidates = [c for c in candidates if ckpt.checkpoint_epoch(c) == epoch]
     if not candidates:
         return None
     return max(candidates, key=ckpt.checkpoint_epoch)
@@ -343,10 +358,9 @@ def _warn_config_changes(saved: dict, cfg: Config, source: Path) -> None:
         k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES
     )
     if changed:
-        print(
+        _say(
             f"medaug pretrain: warning: resuming from {source} with changed settings: "
-            + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6]),
-            file=sys.stderr,
+            + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
         )
 
 
@@ -439,11 +453,24 @@ def pretrain(
     gen = torch.Generator(device=device)
     monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
     if monitor is not None and monitor.problem and show:
-        print(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}", file=sys.stderr)
+        _say(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}")
 
     start_epoch = 0
     best: dict[str, Any] = {"epoch": None, "knn_auc": None}
     source = _resume_source(out_dir, resume, resume_from)
+    if distributed:
+        # Rank 0's choice of epoch holds for all, so every worker continues from the same
+        # state (each reads its own copy of it: Ray's restored folder or the run folder).
+        epoch = ckpt.checkpoint_epoch(source) if source is not None else -1
+        chosen = torch.tensor([epoch], dtype=torch.int64, device=device)
+        dist.broadcast(chosen, src=0)
+        if int(chosen) != epoch:
+            source = _resume_source(out_dir, resume, resume_from, epoch=int(chosen))
+            if int(chosen) >= 0 and source is None:
+                raise RuntimeError(
+                    f"worker {rank} cannot see the epoch-{int(chosen)} checkpoint that worker 0 "
+                    f"resumes from: {out_dir} must be on storage shared by all workers"
+                )
     if source is not None:
         state = ckpt.load_state(source, map_location="cpu")
         _warn_config_changes(state["config"], cfg, source)
@@ -455,7 +482,7 @@ def pretrain(
         start_epoch = int(state["epoch"])
         best = dict(state["best"])
         if show:
-            print(f"medaug pretrain: resuming from {source} (epoch {start_epoch})", file=sys.stderr)
+            _say(f"medaug pretrain: resuming from {source} (epoch {start_epoch})")
 
     history: list[dict] = []
     if rank == 0:
@@ -510,18 +537,23 @@ def pretrain(
         bar.close()
         if distributed:
             dist.all_reduce(totals)  # sums over workers
+            # The slowest worker sets the pace (and every worker reports the same figure).
+            slowest = torch.tensor([elapsed], dtype=torch.float64, device=device)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            elapsed = float(slowest.item())
         totals = totals.cpu()
 
         completed = epoch + 1
         knn = None
         if monitor is not None and (completed % p.knn_every == 0 or completed == p.epochs):
-            value = torch.tensor([math.nan], dtype=torch.float64)
+            # On the device: NCCL only moves CUDA tensors.
+            value = torch.tensor([math.nan], dtype=torch.float64, device=device)
             if rank == 0:
                 auc = monitor(model.backbone())
                 value[0] = math.nan if auc is None else auc
             if distributed:
                 dist.broadcast(value, src=0)  # all workers report the same metrics
-            knn = _as_number(value[0])
+            knn = _as_number(value[0].item())
         improved = knn is not None and (best["knn_auc"] is None or knn > best["knn_auc"])
         if improved:
             best = {"epoch": completed, "knn_auc": knn}
@@ -571,12 +603,11 @@ def pretrain(
             _append_metrics(out_dir, metrics)
             if show:
                 knn_text = "-" if knn is None else f"{knn:.4f}"
-                print(
+                _say(
                     f"epoch {completed}/{p.epochs}  loss {metrics['loss']:.4f}  "
                     f"lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s  "
                     f"knn_auc {knn_text}  fallback pairs {n_fallback}  "
                     f"neg fallback {metrics['n_neg_fallback']}  neg short {metrics['n_neg_short']}",
-                    file=sys.stderr,
                 )
         if report is not None:
             report(dict(metrics), written)

@@ -201,6 +201,8 @@ def _pick_baseline(rows: pd.DataFrame, baseline: str | None) -> str | None:
             & (rows["negatives"] == "default")
             & (rows["options"] == "")
         ]
+        scored = default[default["linear_mean"].notna() | default["e2e_mean"].notna()]
+        default = scored if not scored.empty else default  # prefer a row with results
         return None if default.empty else str(default["key"].iloc[0])
     for column in ("key", "label", "variant"):
         hit = rows[rows[column] == baseline]

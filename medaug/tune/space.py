@@ -642,6 +642,9 @@ def tune_param_space(sweep: SweepConfig) -> dict[str, Any]:
 def trial_for_config(sweep: SweepConfig, config: dict[str, Any]) -> TrialSpec:
     """The :class:`TrialSpec` of a Tune trial's ``config`` (inverse of :func:`tune_param_space`)."""
     if "trial" in config:
+        baselines = {sweep.baseline_trial(b).key: sweep.baseline_trial(b) for b in sweep.baselines}
+        if config["trial"] in baselines:
+            return baselines[config["trial"]]
         by_key = {t.key: t for t in sweep.grid_trials()}
         if config["trial"] not in by_key:
             raise MedaugError(f"sweep {sweep.name}: no trial {config['trial']!r} in the plan")

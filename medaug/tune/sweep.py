@@ -119,7 +119,12 @@ def run_sweep(
 
     sweep = _load(sweep_cfg, output, state, smoke, overrides)
     smoke = bool(state.get("smoke")) if state is not None else smoke
-    trials = sweep.grid_trials() if not sweep.space.continuous else []
+    # The planned trials (Optuna draws the others as it goes: only the baselines are known).
+    trials = (
+        sweep.grid_trials()
+        if not sweep.space.continuous
+        else [sweep.baseline_trial(b) for b in sweep.baselines]
+    )
     if state is not None and not sweep.space.continuous:
         stored = state.get("trials") or []
         if [t.key for t in trials] != stored:
@@ -139,7 +144,9 @@ def run_sweep(
     artifacts = default_artifact_location(output) if uri.startswith("sqlite:") else None
     sweep_id = (state or {}).get("sweep_id") or uuid.uuid4().hex
     tracker = Tracker(uri, sweep.name, sweep_id, artifacts)
-    _ = tracker.experiment_id  # creates the store and the experiment before trials race to
+    # The store and the experiment are created before any trial races to (a new SQLite
+    # store takes seconds of schema migrations: they overlap the cache build and Ray's start).
+    store = _Background(lambda: tracker.experiment_id)
 
     new_state = {
         "experiment": sweep.name,
@@ -170,10 +177,8 @@ def run_sweep(
         order={t.key: i for i, t in enumerate(trials)},
         progress=progress,
     )
-    grid = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress)
-    errored = [
-        str(getattr(r, "path", "")) for r in grid if getattr(r, "error", None) is not None
-    ] if grid is not None else []
+    grids = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress, store.result)
+    errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
 
     table, paths = write_report(output, uri)
     print(table.to_markdown())
@@ -268,7 +273,14 @@ def _run_tune(
     ray_address: str | None,
     num_cpus: int | None,
     progress: bool,
-) -> Any:
+    ready: Any = None,
+) -> list[Any]:
+    """Start (or join) Ray, wait for ``ready()``, then run or restore the Tune experiments.
+
+    One experiment, named after the sweep; an Optuna sweep with baselines runs them first as
+    a small grid experiment of their own (``<name>-baselines``), since Optuna only draws
+    points of the space.
+    """
     import ray
     from ray import tune
 
@@ -277,7 +289,14 @@ def _run_tune(
     # Per-epoch results (forwarded from Ray Train) carry the kNN AUC but not the final
     # linear-probe AUC the searcher ranks by, which arrives with the trial's last result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    experiments = []
+    if sweep.space.continuous and sweep.baselines:
+        keys = [sweep.baseline_trial(b).key for b in sweep.baselines]
+        experiments.append(
+            (f"{sweep.name}-baselines", {"trial": tune.grid_search(keys)}, _tune_config(sweep, grid=True))
+        )
+    experiments.append((sweep.name, tune_param_space(sweep), _tune_config(sweep)))
+
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress}
@@ -288,31 +307,85 @@ def _run_tune(
         ray.init(**kwargs)
         started = True
     try:
+        if ready is not None:
+            ready()
         t = sweep.tune
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(t))
         storage = str(output / TUNE_DIR)
-        path = os.path.join(storage, sweep.name)
-        if resume and tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(
-                path, trainable, resume_unfinished=True, resume_errored=False,
-                restart_errored=True,
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=tune_param_space(sweep),
-                tune_config=_tune_config(sweep),
-                run_config=tune.RunConfig(
-                    name=sweep.name,
-                    storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                    verbose=1 if progress else 0,
-                ),
-            )
-        return tuner.fit()
+        grids = []
+        for name, param_space, tune_config in experiments:
+            path = os.path.join(storage, name)
+            if resume and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(
+                    path, trainable, resume_unfinished=True, resume_errored=False,
+                    restart_errored=True,
+                )
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space,
+                    tune_config=tune_config,
+                    run_config=tune.RunConfig(
+                        name=name,
+                        storage_path=storage,
+                        failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                        callbacks=[_run_status_callback(ctx)],
+                        verbose=1 if progress else 0,
+                    ),
+                )
+            grids.append(tuner.fit())
+        return grids
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_status_callback(ctx: SweepContext) -> Any:
+    """A Tune callback closing the MLflow run of a trial whose process could not.
+
+    A trial stopped early (ASHA) is ended by Tune from outside, and a trial process that died
+    (killed, out of memory) never reaches its own bookkeeping: their runs would stay RUNNING.
+    The driver marks them KILLED or FAILED; finished and failed trials close their runs
+    themselves, which this leaves alone.
+    """
+    from ray.tune import Callback
+
+    class CloseOrphanRuns(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "KILLED")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "FAILED")
+
+        def _close(self, trial: Any, status: str) -> None:
+            try:
+                tracker = ctx.tracker()
+                run = tracker.find_run(trial_for_config(ctx.sweep, trial.config).key)
+                if run is not None and run.info.status == "RUNNING":
+                    tracker.set_tags(run.info.run_id, {"ended_by": f"tune ({trial.status})"})
+                    tracker.end_trial(run.info.run_id, status)
+            except Exception as err:  # bookkeeping must never stop the sweep
+                print(f"medaug sweep: warning: could not close the MLflow run of {trial}: {err}",
+                      file=sys.stderr)
+
+    return CloseOrphanRuns()
+
+
+def _optuna_search(metric: str, mode: str, seed: int) -> Any:
+    """Optuna ranking trials by their final metric.
+
+    The per-epoch pretraining results that reach Tune lack the final metric (it comes with
+    the trial's last result), so they are not passed on to Optuna as intermediate values;
+    a trial stopped early never reports it and counts as pruned.
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalMetricOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    return FinalMetricOptunaSearch(metric=metric, mode=mode, seed=seed)
 
 
 def trial_resources(t: Any) -> dict[str, float]:
@@ -327,17 +400,16 @@ def trial_resources(t: Any) -> dict[str, float]:
     return out
 
 
-def _tune_config(sweep: SweepConfig) -> Any:
+def _tune_config(sweep: SweepConfig, grid: bool = False) -> Any:
+    """The TuneConfig of the sweep (``grid``: of its baselines' grid experiment)."""
     from ray import tune
 
     t = sweep.tune
     search_alg = None
-    if sweep.space.continuous:
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(metric=t.metric, mode=t.mode, seed=t.search_seed)
+    if sweep.space.continuous and not grid:
+        search_alg = _optuna_search(t.metric, t.mode, t.search_seed)
     scheduler = None
-    if t.asha is not None:
+    if t.asha is not None and not grid:
         from ray.tune.schedulers import ASHAScheduler
 
         epochs = max(sweep.resolve(p).pretrain.epochs for p in sample_points(sweep))
@@ -355,11 +427,39 @@ def _tune_config(sweep: SweepConfig) -> Any:
     return tune.TuneConfig(
         search_alg=search_alg,
         scheduler=scheduler,
-        num_samples=t.num_samples if sweep.space.continuous else 1,
+        num_samples=t.num_samples if sweep.space.continuous and not grid else 1,
         max_concurrent_trials=t.max_concurrent or None,
+        # A finished trial's process (Python, torch and medaug already imported) takes the
+        # next trial: every trial asks for the same resources.
+        reuse_actors=True,
         trial_name_creator=name,
         trial_dirname_creator=name,
     )
+
+
+class _Background:
+    """Run ``fn`` in a thread; :meth:`result` waits and re-raises its error here."""
+
+    def __init__(self, fn: Any) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn()
+            except BaseException as err:  # handed to the caller by result()
+                self._error = err
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -109,7 +109,7 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = ctx.sweep.resolve(spec.params, output=str(folder))
     write_config(cfg, folder / "config.yaml")
-    _limit_threads(cfg)
+    _limit_threads()
 
     tracker = ctx.tracker()
     run_id = tracker.start_trial(spec.key, spec.label, "baseline" if spec.baseline else "pretrain")
@@ -210,19 +210,21 @@ def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _limit_threads(cfg: Config) -> None:
-    """Keep the trial's own torch (evaluation) to its share of the machine."""
+def _limit_threads() -> None:
+    """Keep the trial's own torch (evaluation) to the CPUs it reserved (at least one)."""
     try:
         import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    except Exception:
-        cpus = None
-    if cpus:
-        import torch
+        if not ray.is_initialized():
+            return
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") or 0.0
+    except Exception:  # outside a Ray worker: leave the process as it is
+        return
+    import torch
 
-        torch.set_num_threads(max(1, int(cpus)))
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cpus))))
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -23,9 +23,13 @@ def config_file(tmp_path, phantom_dir, cache_dir):
 def test_pretrain_command_trains_and_prints_the_best(config_file, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["pretrain", "--config", str(config_file), "--output", str(out), "--no-ray",
-                 "--quiet", "--set", "pretrain.negatives=reweighted"])
+                 "--set", "pretrain.negatives=reweighted"])
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # Progress: one line per epoch with the loss, speed, kNN AUC and fallback counts.
+    assert "epoch 1/1  loss " in captured.err and "img/s  knn_auc 0." in captured.err
+    assert "fallback pairs 0" in captured.err
     summary = json.loads((out / "summary.json").read_text())
     assert f"best epoch:      {summary['best_epoch']}" in printed
     assert f"{summary['best_knn_auc']:.4f}" in printed

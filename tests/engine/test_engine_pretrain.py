@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from medaug.config import build_config
 from medaug.engine.checkpoint import best_checkpoint, load_backbone, load_state
 from medaug.engine.data import pair_index, prepare_data
 from medaug.engine.pretrain import KnnMonitor, TrainStep, check_pretrain, pretrain
 from medaug.errors import MedaugError
+
+
+def tiny_config_used(saved: dict):
+    """The PretrainConfig a checkpoint was trained with."""
+    return build_config(saved).pretrain
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +53,20 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
     backbone, saved = load_backbone(tmp_path)
     assert saved["pretrain"]["queue_size"] == 64
     assert not backbone.training
+    # A plain backbone (no batch-split BN) computing what the saved model's query backbone
+    # computes in eval mode.
+    from medaug.moco.bn import SplitBatchNorm2d
+    from medaug.moco.model import MoCo
+
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in backbone.modules())
+    moco = MoCo.from_config(tiny_config_used(saved))
+    moco.load_state_dict(load_state(tmp_path / "checkpoints" / "best")["model"])
+    moco.eval()
+    x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        feats = backbone(torch.randn(2, 3, 32, 32))
-    assert feats.shape == (2, 512)
+        feats = backbone(x)
+        torch.testing.assert_close(feats, moco.backbone()(x))
+    assert feats.shape == (4, 512)
 
 
 def test_resume_continues_exactly(tiny_config, tmp_path):

@@ -27,8 +27,16 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _config(phantom_dir, tmp_path, *overrides):
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The machine is shared: the driver's own work (cache, checks) runs on one thread."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(phantom_dir, tmp_path, *overrides):
     return build_config({
         "data": {"csv": str(phantom_dir / "train.csv"), "image_size": 32,
                  "cache_dir": str(tmp_path / "cache"), "num_loader_workers": 1},

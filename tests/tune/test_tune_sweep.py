@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -314,7 +315,7 @@ def test_kill_9_then_resume(tmp_path):
     assert interrupted, "the kill came before any checkpoint of an unfinished trial"
     for key in interrupted:
         events = [json.loads(x) for x in (trials / key / "pretrain" / "events.jsonl").read_text().splitlines()]
-        assert any(e["event"] == "start" and e.get("source") for e in events), events
+        assert any(e["event"] == "resume" and e.get("source") for e in events), events
         history = [json.loads(x) for x in (trials / key / "pretrain" / "metrics.jsonl").read_text().splitlines()]
         assert [h["epoch"] for h in history] == [1, 2, 3]  # every epoch once
     client = tracker_from_state(read_state(output)).client
@@ -329,8 +330,8 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
     ray_bin = str(Path(PY).with_name("ray"))
     port = _free_port()
     temp = Path("/tmp") / f"medaug-ray-{os.getpid()}"  # our cluster's own session folder
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    started: list[int] = []
+    # Token authentication on every node, as Ray requires it to be consistent.
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
     try:
         subprocess.run(
             [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
@@ -341,13 +342,13 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
             [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"],
             check=True, capture_output=True, env=env, timeout=300,
         )
-        import ray
 
-        ray.init(address=f"127.0.0.1:{port}", include_dashboard=False, log_to_driver=False)
-        try:
-            assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        finally:
-            ray.shutdown()
+        nodes = subprocess.run(
+            [PY, "-c", "import ray; ray.init(); print(sum(n['Alive'] for n in ray.nodes()))"],
+            capture_output=True, text=True, timeout=300,
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        )
+        assert nodes.stdout.strip().splitlines()[-1] == "2", nodes.stderr[-2000:]
         output = tmp_path / "out"
         run = subprocess.run(
             [PY, str(REPO / "sweeps" / "sweep.py"), "--config", str(_sweep_file(tmp_path)),
@@ -361,12 +362,55 @@ def test_sweep_on_a_two_node_ray_cluster(tmp_path):
         assert all(r.info.status == "FINISHED" for r in runs.values())
         assert read_state(output)["tracking_uri"].startswith("sqlite:///")  # no server here
     finally:
-        started = [p for p in _ray_pids(temp)]
-        for pid in started:
+        # Stop both nodes: the processes naming our cluster's temp folder, and their children
+        # (never `ray stop`, which would stop every Ray on the machine).
+        pids = set()
+        for pid in _ray_pids(temp):
+            pids |= {pid} | _children(pid)
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.slow
+def test_optuna_sweep_with_asha_and_baselines(tmp_path):
+    """Continuous ranges: Optuna draws the trials, ASHA may stop some, baselines run too."""
+    from medaug.tune.sweep import run_sweep
+
+    raw = {
+        "name": "optuna",
+        "pretrain": {"epochs": 2},
+        "space": {
+            "pretrain.lr": {"loguniform": [1e-4, 1e-3]},
+            "pretrain.criterion": {"grid": ["instance", "patient_same_study"]},
+        },
+        "tune": {"num_samples": 2, "max_concurrent": 2, "resources": {"cpu": 0},
+                 "asha": {"metric": "knn_auc", "grace_period": 1, "reduction_factor": 2}},
+        "baselines": ["random"],
+    }
+    config = tmp_path / "optuna.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "out"
+    table = run_sweep(str(config), output, smoke=True, overrides=["pretrain.epochs=2"],
+                      progress=False, num_cpus=2)
+    runs = _runs(output)
+    assert len(runs) == 3 and "baseline-random" in runs
+    assert runs["baseline-random"].info.status == "FINISHED"
+    drawn = [r for k, r in runs.items() if k != "baseline-random"]
+    for run in drawn:
+        lr = float(run.data.params["pretrain.lr"])
+        assert 1e-4 <= lr <= 1e-3
+        assert re.fullmatch(r"criterion=\w+,lr=[0-9.e-]+-[0-9a-f]{8}", run.info.run_name)
+        # Finished with its metrics, or stopped early by ASHA and closed as KILLED.
+        if run.info.status == "FINISHED":
+            assert "linear_auc_mean" in run.data.metrics
+        else:
+            assert run.info.status == "KILLED" and "linear_auc_mean" not in run.data.metrics
+    assert any(r.info.status == "FINISHED" for r in drawn)
+    assert set(table.rows["key"]) == set(runs)
+    assert (output / "tune" / "optuna-baselines").is_dir() and (output / "tune" / "optuna").is_dir()
 
 
 def _ray_pids(temp: Path) -> list[int]:
@@ -382,3 +426,12 @@ def _ray_pids(temp: Path) -> list[int]:
         if str(temp) in cmdline:
             out.append(int(entry.name))
     return out
+
+
+def test_trial_resources():
+    from medaug.tune.space import TuneSettings
+    from medaug.tune.sweep import TRIAL_MEMORY, trial_resources
+
+    assert trial_resources(TuneSettings(cpu=2, gpu=0.5)) == {"cpu": 2, "gpu": 0.5}
+    # Asking for nothing still reserves something, or Tune refuses the request.
+    assert trial_resources(TuneSettings(cpu=0, gpu=0)) == {"cpu": 0, "gpu": 0, "memory": TRIAL_MEMORY}
