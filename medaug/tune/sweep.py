@@ -341,16 +341,15 @@ def _run_tune(
 
 
 def _run_status_callback(ctx: SweepContext) -> Any:
-    """A Tune callback closing the MLflow run of a trial whose process could not.
+    """A Tune callback giving the MLflow run of a trial that did not finish its final status.
 
-    A trial stopped early (ASHA) is ended by Tune from outside, and a trial process that died
-    (killed, out of memory) never reaches its own bookkeeping: their runs would stay RUNNING.
-    The driver marks them KILLED or FAILED; finished and failed trials close their runs
-    themselves, which this leaves alone.
+    A trial process marks its run FINISHED itself.  Only Tune knows why any other trial ended:
+    an error (the run becomes FAILED; the trial process died, or raised and tagged the error)
+    or early stopping by the scheduler, which interrupts the trial from outside (KILLED).
     """
     from ray.tune import Callback
 
-    class CloseOrphanRuns(Callback):
+    class CloseUnfinishedRuns(Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._close(trial, "KILLED")
 
@@ -361,14 +360,14 @@ def _run_status_callback(ctx: SweepContext) -> Any:
             try:
                 tracker = ctx.tracker()
                 run = tracker.find_run(trial_for_config(ctx.sweep, trial.config).key)
-                if run is not None and run.info.status == "RUNNING":
+                if run is not None and run.info.status != "FINISHED":
                     tracker.set_tags(run.info.run_id, {"ended_by": f"tune ({trial.status})"})
                     tracker.end_trial(run.info.run_id, status)
             except Exception as err:  # bookkeeping must never stop the sweep
                 print(f"medaug sweep: warning: could not close the MLflow run of {trial}: {err}",
                       file=sys.stderr)
 
-    return CloseOrphanRuns()
+    return CloseUnfinishedRuns()
 
 
 def _optuna_search(metric: str, mode: str, seed: int) -> Any:
@@ -430,8 +429,9 @@ def _tune_config(sweep: SweepConfig, grid: bool = False) -> Any:
         num_samples=t.num_samples if sweep.space.continuous and not grid else 1,
         max_concurrent_trials=t.max_concurrent or None,
         # A finished trial's process (Python, torch and medaug already imported) takes the
-        # next trial: every trial asks for the same resources.
-        reuse_actors=True,
+        # next trial: every trial asks for the same resources.  Not with early stopping: a
+        # stopped trial's process must go, or its pretraining would run on in the background.
+        reuse_actors=t.asha is None,
         trial_name_creator=name,
         trial_dirname_creator=name,
     )

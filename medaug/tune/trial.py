@@ -13,7 +13,9 @@ finds its work:
 
 Rerunning a complete trial only makes sure its MLflow run holds the final metrics and
 reports them to Tune again.  Pretraining resumes from the newest checkpoint; evaluation
-skips the splits already scored.  The trial process is the only one that talks to MLflow.
+skips the splits already scored.  The trial process logs everything to MLflow; the sweep
+driver only closes the runs of trials that errored or that Tune stopped early (see
+``medaug.tune.sweep``).
 """
 
 from __future__ import annotations
@@ -147,11 +149,10 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
         return metrics
     except BaseException as err:
         (folder / ERROR_FILE).write_text("".join(traceback.format_exception(err)))
-        # Tune stopping the trial (early stopping, shutdown) is not a failure of the trial.
-        stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
+        # The run's final status is set by the sweep driver, which knows why the trial ended:
+        # an error (FAILED) or Tune stopping it early, which also interrupts this code (KILLED).
         try:
             tracker.set_tags(run_id, {"error": f"{type(err).__name__}: {err}"[:500]})
-            tracker.end_trial(run_id, "KILLED" if stopped else "FAILED")
         except Exception:  # the store being down must not hide the trial's own error
             pass
         raise
