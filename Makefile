@@ -29,9 +29,11 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check medaug tests benchmarks sweeps
 
+BENCHES = pairs load cache pretrain eval sweep
+
 bench: $(STAMP)
 	mkdir -p runs/bench
-	$(BIN)/python benchmarks/bench_pairs.py --json runs/bench/pairs.json
+	for b in $(BENCHES); do $(BIN)/python benchmarks/bench_$$b.py --json runs/bench/$$b.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

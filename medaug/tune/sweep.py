@@ -64,6 +64,7 @@ SMOKE_DATA = "smoke_data"
 # classes, small enough to draw in seconds.
 SMOKE_PHANTOM = {"n_patients": 40, "image_size": 32, "seed": 0}
 TRIAL_MEMORY = 256 * 2**20  # bytes a trial reserves when it asks for no CPU or GPU
+AGENT_TIMEOUT_MS = 120_000  # how long a local raylet waits for its agents to start
 
 
 def run_sweep(
@@ -299,12 +300,7 @@ def _run_tune(
 
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress}
-        if ray_address:
-            kwargs["address"] = ray_address
-        else:
-            kwargs["num_cpus"] = num_cpus or os.cpu_count()
-        ray.init(**kwargs)
+        _init_ray(ray_address, num_cpus, progress)
         started = True
     try:
         if ready is not None:
@@ -338,6 +334,32 @@ def _run_tune(
     finally:
         if started:
             ray.shutdown()
+
+
+def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None:
+    """Join the Ray cluster at ``address``, or start a local Ray for this sweep.
+
+    On a busy machine a local Ray's node agents can start slower than the raylet waits for
+    them: the wait is lengthened, and a start that fails anyway is tried once more.
+    """
+    import ray
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
+    kwargs["num_cpus"] = num_cpus or os.cpu_count()
+    for attempt in range(2):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as err:  # Ray raises a bare Exception when its node fails to start
+            ray.shutdown()
+            if attempt == 1:
+                raise
+            print(f"medaug sweep: starting Ray failed ({str(err).splitlines()[0]}); retrying",
+                  file=sys.stderr)
 
 
 def _run_status_callback(ctx: SweepContext) -> Any:
