@@ -284,7 +284,10 @@ def find_sweep(name_or_path: str | Path) -> Path:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
-    for candidate in (_SWEEPS_DIR / f"{name_or_path}.yaml", _SWEEPS_DIR / str(name_or_path)):
+    # A name ("table1"), or a path relative to the repository ("sweeps/table1.yaml") used
+    # from another folder (e.g. the home folder `ray submit` runs in).
+    name = Path(str(name_or_path)).name
+    for candidate in (_SWEEPS_DIR / f"{name}.yaml", _SWEEPS_DIR / name):
         if candidate.exists():
             return candidate
     shipped = ", ".join(list_sweeps()) or "none found"

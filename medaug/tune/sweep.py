@@ -55,7 +55,7 @@ from medaug.tune.tracking import (
     mlflow_ui_command,
     quiet_mlflow,
 )
-from medaug.tune.trial import SweepContext, run_trial
+from medaug.tune.trial import DONE_FILE, SweepContext, run_trial, trial_dir
 
 SWEEP_FILE = "sweep.yaml"
 TUNE_DIR = "tune"
@@ -178,8 +178,16 @@ def run_sweep(
         order={t.key: i for i, t in enumerate(trials)},
         progress=progress,
     )
-    grids = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress, store.result)
-    errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
+    if trials and not sweep.space.continuous and all(
+        (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
+    ):
+        store.result()  # every trial is complete: nothing for Ray to do
+        errored = []
+    else:
+        grids = _run_tune(
+            sweep, ctx, output, resume, ray_address, num_cpus, progress, store.result
+        )
+        errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
 
     table, paths = write_report(output, uri)
     print(table.to_markdown())
@@ -187,8 +195,8 @@ def run_sweep(
     print(f"MLflow: {mlflow_ui_command(uri)}")
     if errored:
         print(
-            f"{len(errored)} trial(s) errored; see OUTPUT/trials/<key>/error.txt and rerun "
-            f"with --resume to retry them",
+            f"{len(errored)} trial(s) errored; see {output}/trials/<key>/error.txt, then "
+            f"rerun with --resume to retry them",
             file=sys.stderr,
         )
     return table

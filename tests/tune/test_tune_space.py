@@ -276,3 +276,13 @@ def test_output_placeholder(tmp_path):
     raw = _with(data__csv="{output}/data/train.csv")
     sweep = load_sweep(raw, output=tmp_path)
     assert sweep.resolve({"pretrain.criterion": "instance"}).data.csv == f"{tmp_path.resolve()}/data/train.csv"
+
+
+def test_find_sweep_from_another_folder(tmp_path, monkeypatch):
+    from medaug.tune.space import find_sweep
+
+    monkeypatch.chdir(tmp_path)  # as under `ray submit`, which runs in the home folder
+    assert find_sweep("sweeps/table1.yaml") == SWEEPS / "table1.yaml"
+    assert find_sweep("table6") == SWEEPS / "table6.yaml"
+    with pytest.raises(MedaugError, match="shipped sweeps: .*table1"):
+        find_sweep("table9")
