@@ -11,7 +11,7 @@ Names load on first use, so importing the package does not import torch.
 
 from __future__ import annotations
 
-from typing import Any
+from medaug._lazy import lazy_getattr
 
 _LAZY = {
     "PreparedData": "medaug.engine.data",
@@ -31,9 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medaug.engine' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,8 +6,7 @@ the numpy/pandas parts load on first use.
 
 from __future__ import annotations
 
-from typing import Any
-
+from medaug._lazy import lazy_getattr
 from medaug.pairs.criteria import (
     CRITERIA,
     Criterion,
@@ -37,9 +36,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medaug.pairs' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

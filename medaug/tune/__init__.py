@@ -6,7 +6,7 @@ MLflow.
 
 from __future__ import annotations
 
-from typing import Any
+from medaug._lazy import lazy_getattr
 
 _LAZY = {
     "SweepConfig": "medaug.tune.space",
@@ -31,9 +31,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medaug.tune' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
