@@ -95,11 +95,6 @@ def check_pretrain(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.max_steps_per_epoch must be at least 1 or none, got {p.max_steps_per_epoch}"
         )
-    if p.batch_size % p.bn_groups:
-        raise MedaugError(
-            f"pretrain.batch_size ({p.batch_size}) must be divisible by pretrain.bn_groups "
-            f"({p.bn_groups})"
-        )
     if p.lr <= 0 or p.weight_decay < 0 or not 0 < p.temperature:
         raise MedaugError("pretrain.lr and pretrain.temperature must be positive, weight_decay >= 0")
     if not 0.0 <= p.hflip <= 1.0:
