@@ -1,58 +1,70 @@
 """Overhead of the sweep platform (Ray Tune + Ray Train + MLflow) over the bare work.
 
-Runs the same four smoke trials (instance, same study, all studies, distinct studies on the
-smoke phantom) twice, in this process, side by side:
+The same four smoke trials (instance, same study, all studies, distinct studies on the smoke
+phantom, the demo sweep's settings) are run, one variant after the other in this benchmark
+run, each in a fresh Python process started here (so that neither inherits the other's
+imports; a user's command starts cold too):
 
-* direct: ``pretrain`` (the plain loop) then ``evaluate`` on the best checkpoint, called one
-  after the other with no Ray and no MLflow;
-* sweep: ``run_sweep`` (Ray started here, a Tune trial per criterion, pretraining on Ray
-  Train workers, every run tracked in MLflow's SQLite store, the report at the end).
+* direct: one process calls ``pretrain`` (the plain loop) then ``evaluate`` on the best
+  checkpoint for each trial, with no Ray and no MLflow; once with torch's default threads
+  (all cores) and once with one thread (what one trial of the sweep gets);
+* sweep: ``run_sweep`` (a local Ray started, a Tune trial per criterion, two at a time,
+  pretraining through Ray Train, every run tracked in MLflow's SQLite store, the report).
 
-and prints both wall times and the overhead ``sweep / direct - 1`` (goal: <= 20%).  Smoke
-trials last seconds, so the platform's fixed costs (starting Ray, a Train worker group per
-trial, the MLflow store) weigh far more here than on real trials that last hours.
+Printed: wall times, the overhead ``sweep / fastest direct - 1`` (goal: <= 20%) and where
+the sweep's time goes: start-up (imports, Ray, the first trial processes), the trials
+themselves (first trial start to last trial end) and the wind-down (Tune, report, Ray
+shutdown).
 
-    python benchmarks/bench_sweep.py [--json runs/bench/sweep.json] [--concurrent 2]
+    python benchmarks/bench_sweep.py [--json runs/bench/sweep.json] [--set KEY=VALUE ...]
+
+``--set`` applies to both variants, e.g. longer trials:
+``--set pretrain.epochs=2 --set pretrain.max_steps_per_epoch=20``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
+
+PROCESS_START = time.time()  # before any import: the variant's own start-up counts
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 CRITERIA = ["instance", "patient_same_study", "patient_all_studies", "patient_distinct_studies"]
+CONCURRENT = 2
 
 
-def _sweep(output: Path, concurrent: int, extra: list[str]):
-    from medaug.tune.space import load_sweep
-
-    overrides = [
+def _overrides(extra: list[str]) -> list[str]:
+    return [
         f"space.pretrain.criterion=[{', '.join(CRITERIA)}]",
         "baselines=[]",
-        f"tune.max_concurrent={concurrent}",
+        f"tune.max_concurrent={CONCURRENT}",
         *extra,
     ]
-    if concurrent > 1:  # trial processes reserve no CPU: their workers do
-        overrides += ["tune.resources.cpu=0"]
-    return load_sweep("demo", overrides, output=output, smoke=True), overrides
 
 
-def run_direct(output: Path, concurrent: int, extra: list[str]) -> dict:
+def run_direct(output: Path, extra: list[str], threads: int | None) -> dict:
     """The trials' work in this process: the plain pretraining loop, then the evaluation."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from medaug.engine.checkpoint import best_checkpoint
     from medaug.engine.data import prepare_data
     from medaug.engine.pretrain import pretrain
     from medaug.eval.evaluate import evaluate
+    from medaug.tune.space import load_sweep
     from medaug.tune.sweep import sweep_inputs
 
-    t0 = time.perf_counter()
-    sweep, _ = _sweep(output, concurrent, extra)
+    imported = time.time()
+    sweep = load_sweep("demo", _overrides(extra), output=output, smoke=True)
     sweep = sweep_inputs(sweep, output, smoke=True, progress=False)
     per_trial = {}
     for i, trial in enumerate(sweep.grid_trials()):
@@ -67,79 +79,125 @@ def run_direct(output: Path, concurrent: int, extra: list[str]) -> dict:
             "seconds": time.perf_counter() - t,
             "linear_auc_mean": results["linear"][cfg.data.target]["mean"],
         }
-    return {"seconds": time.perf_counter() - t0, "trials": per_trial}
+    return {
+        "imports_seconds": imported - PROCESS_START,
+        "threads": torch.get_num_threads(),
+        "trials": per_trial,
+    }
 
 
-def run_platform(output: Path, concurrent: int, extra: list[str]) -> dict:
+def run_platform(output: Path, extra: list[str]) -> dict:
     """The same trials through run_sweep (Ray Tune, Ray Train, MLflow, report)."""
     from medaug.tune.sweep import run_sweep
 
-    t0 = time.perf_counter()
-    _, overrides = _sweep(output, concurrent, extra)
-    table = run_sweep("demo", output, smoke=True, overrides=overrides, progress=False,
+    table = run_sweep("demo", output, smoke=True, overrides=_overrides(extra), progress=False,
                       num_cpus=os.cpu_count())
-    seconds = time.perf_counter() - t0
+    done = time.time()
     rows = table.rows.set_index("key")
+    trials = sorted((output / "trials").iterdir())
+    starts = [(t / "config.yaml").stat().st_mtime for t in trials]
+    ends = [(t / "trial.json").stat().st_mtime for t in trials if (t / "trial.json").exists()]
     return {
-        "seconds": seconds,
         "finished": int((rows["status"] == "FINISHED").sum()),
+        "startup_seconds": min(starts) - PROCESS_START,
+        "trials_seconds": max(ends) - min(starts) if ends else float("nan"),
+        "winddown_seconds": done - max(ends) if ends else float("nan"),
         "trials": {k: {"linear_auc_mean": float(rows.loc[k, "linear_mean"])} for k in rows.index},
     }
+
+
+def _child(args: argparse.Namespace) -> int:
+    output = Path(args.child_output)
+    if args.variant == "sweep":
+        out = run_platform(output, args.set)
+    else:
+        out = run_direct(output, args.set, 1 if args.variant == "direct1" else None)
+    out["seconds"] = time.time() - PROCESS_START
+    Path(args.child_json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _run_variant(variant: str, root: Path, extra: list[str]) -> dict:
+    out_json = root / f"{variant}.json"
+    cmd = [sys.executable, __file__, "--variant", variant, "--child-output",
+           str(root / variant), "--child-json", str(out_json)]
+    for item in extra:
+        cmd += ["--set", item]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not out_json.exists():
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"bench_sweep: the {variant} run failed (exit {proc.returncode})")
+    figures = json.loads(out_json.read_text())
+    figures["wall_seconds"] = wall
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
     parser.add_argument(
-        "--concurrent", type=int, default=2, help="trials the sweep runs at once (default 2)"
-    )
-    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="longer trials, e.g. --set pretrain.epochs=3 --set pretrain.max_steps_per_epoch=20",
+        help="applied to both variants, e.g. --set pretrain.max_steps_per_epoch=20",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    parser.add_argument("--variant", choices=["direct", "direct1", "sweep"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", help=argparse.SUPPRESS)
+    parser.add_argument("--child-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.variant:
+        return _child(args)
 
-    import torch
-
-    torch.set_num_threads(1)  # the direct run gets what one sweep trial gets: one core
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
-        direct = run_direct(root / "direct", args.concurrent, args.set)
-        print(f"direct (pretrain + evaluate, in process): {direct['seconds']:.1f} s", flush=True)
-        platform = run_platform(root / "sweep", args.concurrent, args.set)
-        print(f"sweep (Ray Tune + Ray Train + MLflow):     {platform['seconds']:.1f} s", flush=True)
+        direct = _run_variant("direct", root, args.set)
+        print(f"direct, torch's default threads ({direct['threads']}): "
+              f"{direct['wall_seconds']:.1f} s (imports {direct['imports_seconds']:.1f} s)",
+              flush=True)
+        direct1 = _run_variant("direct1", root, args.set)
+        print(f"direct, one thread:                   {direct1['wall_seconds']:.1f} s "
+              f"(imports {direct1['imports_seconds']:.1f} s)", flush=True)
+        sweep = _run_variant("sweep", root, args.set)
+        print(f"sweep (Ray Tune + Ray Train + MLflow, {CONCURRENT} trials at once): "
+              f"{sweep['wall_seconds']:.1f} s", flush=True)
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"kept: {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
-    overhead = platform["seconds"] / direct["seconds"] - 1.0
-    per_trial = sum(t["seconds"] for t in direct["trials"].values()) / len(direct["trials"])
-    fixed = (platform["seconds"] - direct["seconds"]) / len(direct["trials"])
-    # The platform's cost is about fixed per trial: the trial length that keeps it at 20%.
-    break_even = fixed / 0.20
-    print(f"overhead: {overhead:+.0%} of the direct time (goal <= +20%)")
-    print(f"  direct work per trial {per_trial:.1f} s; platform cost per trial {fixed:+.1f} s "
-          f"(with {args.concurrent} trial(s) at once on {os.cpu_count()} CPUs)")
-    print(f"  the overhead falls to 20% for trials of {break_even:.0f} s of work or longer")
+
+    best_direct = min(direct["wall_seconds"], direct1["wall_seconds"])
+    overhead = sweep["wall_seconds"] / best_direct - 1.0
+    work = [t["seconds"] for t in direct1["trials"].values()]
+    print(f"overhead: {overhead:+.0%} of the faster direct run (goal <= +20%)")
+    print(f"  sweep: start-up {sweep['startup_seconds']:.1f} s (imports, Ray, first trial "
+          f"processes), trials {sweep['trials_seconds']:.1f} s, wind-down "
+          f"{sweep['winddown_seconds']:.1f} s (Tune, report, Ray shutdown)")
+    print(f"  one trial's work, one thread, direct: {sum(work) / len(work):.1f} s")
     figures = {
-        "trials": len(direct["trials"]),
-        "concurrent": args.concurrent,
+        "trials": len(work),
+        "concurrent": CONCURRENT,
         "cpus": os.cpu_count(),
-        "direct_seconds": direct["seconds"],
-        "sweep_seconds": platform["seconds"],
+        "direct_seconds": direct["wall_seconds"],
+        "direct_threads": direct["threads"],
+        "direct_one_thread_seconds": direct1["wall_seconds"],
+        "direct_imports_seconds": direct["imports_seconds"],
+        "direct_trial_seconds_one_thread": work,
+        "sweep_seconds": sweep["wall_seconds"],
+        "sweep_startup_seconds": sweep["startup_seconds"],
+        "sweep_trials_seconds": sweep["trials_seconds"],
+        "sweep_winddown_seconds": sweep["winddown_seconds"],
         "overhead_ratio": overhead,
-        "direct_seconds_per_trial": per_trial,
-        "platform_seconds_per_trial": fixed,
-        "break_even_trial_seconds": break_even,
-        "overrides": args.set,
-        "sweep_finished_trials": platform["finished"],
         "goal_ratio": 0.20,
+        "overrides": args.set,
+        "sweep_finished_trials": sweep["finished"],
     }
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0 if platform["finished"] == len(direct["trials"]) else 1
+    return 0 if sweep["finished"] == len(work) else 1
 
 
 if __name__ == "__main__":

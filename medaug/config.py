@@ -71,7 +71,7 @@ class PretrainConfig:
     rotation: float = 10.0
     hflip: float = 0.5
     bn_groups: int = 2  # batch-split BN groups for the key encoder on one worker
-    num_workers: int = 1  # Ray Train workers
+    num_workers: int = 1  # Ray Train workers; 0 = Ray Train local mode (calling process)
     cpus_per_worker: float = 1.0  # CPUs each Ray Train worker reserves
     use_gpu: bool = False
     amp: bool = True  # mixed precision (CUDA only)
@@ -286,9 +286,14 @@ def check_config(cfg: Config) -> None:
     p = cfg.pretrain
     if p.crop_scale is not None and not (0.0 < p.crop_scale <= 1.0):
         raise MedaugError(f"pretrain.crop_scale must lie in (0, 1] or be none, got {p.crop_scale}")
-    if p.epochs < 1 or p.batch_size < 1 or p.num_workers < 1:
-        raise MedaugError("pretrain.epochs, batch_size and num_workers must be positive")
-    global_batch = p.batch_size * p.num_workers
+    if p.epochs < 1 or p.batch_size < 1:
+        raise MedaugError("pretrain.epochs and batch_size must be positive")
+    if p.num_workers < 0:
+        raise MedaugError(
+            f"pretrain.num_workers must be at least 0 (0: Ray Train's local mode, in the "
+            f"calling process), got {p.num_workers}"
+        )
+    global_batch = p.batch_size * max(1, p.num_workers)
     if p.queue_size % global_batch:
         raise MedaugError(
             f"pretrain.queue_size ({p.queue_size}) must be divisible by the global batch "

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from tqdm import tqdm
 
 from medaug.errors import MedaugError
@@ -68,8 +67,26 @@ def _batched_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     n_neg = len(labels) - n_pos
     if n_pos == 0 or n_neg == 0:
         return np.full(scores.shape[0], np.nan)
-    ranks = rankdata(scores, axis=1)  # R x N, ties averaged
+    ranks = average_ranks(scores)  # R x N, ties averaged
     return (ranks[:, labels == 1].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..N along the last axis of an R x N array, ties sharing their mean rank."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    order = np.argsort(x, axis=-1, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=-1)
+    pos = np.broadcast_to(np.arange(n), x.shape)
+    starts = np.ones(x.shape, dtype=bool)  # first position of each run of equal values
+    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
+    ends = np.ones(x.shape, dtype=bool)  # last position of each run
+    ends[..., :-1] = starts[..., 1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=-1)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, pos, n - 1), -1), axis=-1), -1)
+    ranks = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=-1)
+    return ranks
 
 
 def train_linear_probes(

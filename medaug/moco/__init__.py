@@ -1,33 +1,32 @@
-"""MoCo v2 with metadata-aware negatives: encoders, key queue, negative strategies, augmentations."""
+"""MoCo v2 with metadata-aware negatives: encoders, key queue, negative strategies, augmentations.
 
-from medaug.moco.augment import BatchAugment, augment, eval_transform
-from medaug.moco.model import (
-    MoCo,
-    ProjectionHead,
-    build_backbone,
-    concat_all_gather,
-    extract_backbone_state,
-    list_archs,
-    momentum_update,
-)
-from medaug.moco.negatives import check_strategy, contrastive_loss, list_strategies
-from medaug.moco.queue import VIEW_CODES, KeyQueue, view_codes
+Names load on first use: checking a strategy name imports torch, not torchvision.
+"""
 
-__all__ = [
-    "VIEW_CODES",
-    "BatchAugment",
-    "KeyQueue",
-    "MoCo",
-    "ProjectionHead",
-    "augment",
-    "build_backbone",
-    "check_strategy",
-    "concat_all_gather",
-    "contrastive_loss",
-    "eval_transform",
-    "extract_backbone_state",
-    "list_archs",
-    "list_strategies",
-    "momentum_update",
-    "view_codes",
-]
+from __future__ import annotations
+
+from medaug._lazy import lazy_getattr
+
+_LAZY = {
+    "BatchAugment": "medaug.moco.augment",
+    "augment": "medaug.moco.augment",
+    "eval_transform": "medaug.moco.augment",
+    "MoCo": "medaug.moco.model",
+    "ProjectionHead": "medaug.moco.model",
+    "build_backbone": "medaug.moco.model",
+    "concat_all_gather": "medaug.moco.model",
+    "extract_backbone_state": "medaug.moco.model",
+    "list_archs": "medaug.moco.model",
+    "momentum_update": "medaug.moco.model",
+    "check_strategy": "medaug.moco.negatives",
+    "contrastive_loss": "medaug.moco.negatives",
+    "list_strategies": "medaug.moco.negatives",
+    "VIEW_CODES": "medaug.moco.queue",
+    "KeyQueue": "medaug.moco.queue",
+    "view_codes": "medaug.moco.queue",
+}
+
+__all__ = list(_LAZY)
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -13,6 +13,15 @@ Tune (``TuneReportCallback``), and the trial process only needs resources for it
 training workers ask for their own (``pretrain.num_workers`` x ``pretrain.cpus_per_worker``
 CPUs, one GPU each with ``pretrain.use_gpu``).
 
+``pretrain.num_workers: 0`` is Ray Train's local mode: the same ``TorchTrainer.fit`` runs
+the training function in the calling process, with no worker group to start (on a small
+machine that start-up takes longer than a short trial: a new process per worker, torch and
+torchvision imported there, a process group).  The caller's process then needs the
+training's resources (a sweep reserves them for its trial processes, see
+``medaug.tune.sweep.trial_resources``); each epoch's metrics go straight to Tune when in a
+trial; a crash is retried by Tune (``tune.max_failures``) or by rerunning, and training
+resumes from ``OUT/checkpoints`` either way.
+
 Fault injection for tests: when the environment of the calling process holds
 ``MEDAUG_FAULT_EPOCH=N`` and ``MEDAUG_FAULT_MARKER=PATH``, the last worker exits abruptly
 after epoch N, once (the marker file records that it happened).
@@ -45,7 +54,11 @@ def _fault_from_env() -> dict[str, Any] | None:
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
-    """What every Ray Train worker runs: the plain pretraining loop with a Ray ``report``."""
+    """What every Ray Train worker runs: the plain pretraining loop with a Ray ``report``.
+
+    In local mode inside a Tune trial, Ray routes reports to Tune's API (its ``ray.train``
+    functions refuse to run in a Tune session): the epoch metrics go to ``tune.report``.
+    """
     import ray.train
 
     from medaug.engine.pretrain import pretrain
@@ -53,8 +66,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = build_config(config["cfg"])
     out_dir = Path(config["out_dir"])
     fault = config.get("fault")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    to_tune = config.get("local") and _in_tune_session()
+    if to_tune:
+        rank, world = 0, 1
+    else:
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         if fault and metrics["epoch"] == fault["epoch"] and rank == world - 1:
@@ -62,20 +79,32 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             if not marker.exists():
                 marker.write_text(f"worker {rank} exited after epoch {metrics['epoch']}\n")
                 os._exit(1)  # an abrupt crash: no cleanup, no exception handling
-        if checkpoint_dir is not None:
+        if to_tune:
+            from ray import tune
+
+            tune.report(dict(metrics))
+        elif checkpoint_dir is not None:
             ray.train.report(
                 metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir))
             )
         else:
             ray.train.report(metrics)
 
-    restored = ray.train.get_checkpoint()
+    restored = None if config.get("local") else ray.train.get_checkpoint()
     if restored is None:
         pretrain(cfg, out_dir, report, resume=True, progress=config["progress"])
     else:
         with restored.as_directory() as folder:
             pretrain(cfg, out_dir, report, resume=True, resume_from=folder,
                      progress=config["progress"])
+
+
+def _in_tune_session() -> bool:
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session as in_session
+    except ImportError:  # Tune not installed
+        return False
+    return in_session()
 
 
 def _worker_error(err: Exception) -> MedaugError | None:
@@ -104,7 +133,7 @@ def run_pretrain_ray(
     progress: bool = True,
     callbacks: list | None = None,
 ) -> dict:
-    """Pretrain with ``cfg.pretrain.num_workers`` Ray Train workers.
+    """Pretrain with ``cfg.pretrain.num_workers`` Ray Train workers (0: local mode).
 
     Args:
         cfg: the resolved config.
@@ -142,18 +171,19 @@ def run_pretrain_ray(
     # it instead of racing to write it.
     prepare_data(cfg, out_dir, progress=progress)
 
+    local = p.num_workers == 0
     callbacks = list(callbacks or [])
     try:
         from ray.tune.integration.ray_train import TuneReportCallback
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
-        if _in_tune_session() and not any(isinstance(c, TuneReportCallback) for c in callbacks):
+        if (not local and _in_tune_session()
+                and not any(isinstance(c, TuneReportCallback) for c in callbacks)):
             callbacks.append(TuneReportCallback())
     except ImportError:  # Tune not installed: nothing to forward to
         pass
 
     started_ray = False
-    if not ray.is_initialized():
+    if not local and not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=progress)
         started_ray = True
     resources = {"CPU": p.cpus_per_worker}
@@ -166,6 +196,7 @@ def run_pretrain_ray(
             "out_dir": str(out_dir),
             "progress": progress,
             "fault": _fault_from_env(),
+            "local": local,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=resources
@@ -195,5 +226,7 @@ def run_pretrain_ray(
     if not summary_path.exists():
         raise RuntimeError(f"pretraining finished without writing {summary_path}")
     summary = json.loads(summary_path.read_text())
-    summary["ray_checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    summary["ray_checkpoint"] = (
+        result.checkpoint.path if result.checkpoint and not local else None
+    )
     return summary

@@ -708,6 +708,9 @@ def smoke_sweep(
         forced.get(section, {}).pop(name, None)
     if data:
         forced["data"].update(data)
+    # One training process per trial; a sweep in Ray Train's local mode stays in it.
+    if (sweep.base.get("pretrain") or {}).get("num_workers") == 0:
+        forced["pretrain"]["num_workers"] = 0
     weights = (sweep.base.get("pretrain") or {}).get("weights")
     if weights and Path(weights).exists():
         forced["pretrain"].pop("weights")

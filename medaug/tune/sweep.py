@@ -9,8 +9,10 @@ then runs Ray Tune:
   ``OptunaSearch`` (``num_samples`` draws); optional ASHA early stopping on the per-epoch
   kNN AUC that pretraining forwards to Tune;
 * one trial process per trial (``tune.with_resources``: ``tune.resources``), which launches
-  its own Ray Train pretraining workers (``pretrain.num_workers``, ``use_gpu``), then
-  evaluates; ``max_concurrent`` bounds the trials in flight;
+  its own Ray Train pretraining workers (``pretrain.num_workers``, ``use_gpu``), or with
+  ``pretrain.num_workers: 0`` pretrains itself through Ray Train's local mode, then
+  evaluates; ``max_concurrent`` bounds the trials in flight; a finished trial's process
+  takes the next trial (Tune's actor reuse);
 * Tune's experiment state under ``OUTPUT/tune/<name>``; ``resume=True`` restores it
   (``Tuner.restore``: unfinished trials continue, errored ones restart) and each trial
   resumes from its own folder (see :mod:`medaug.tune.trial`).
@@ -164,10 +166,13 @@ def run_sweep(
         _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     _write_text(state_path, json.dumps(new_state, indent=2) + "\n")
 
-    # The image cache is built once here, so that concurrent trials only open it.
-    from medaug.engine.data import prepare_data
+    def inputs_ready() -> None:
+        # The image cache is built once here (while Ray starts), so that concurrent trials
+        # only open it; the store must exist before any trial races to create it.
+        from medaug.engine.data import prepare_data
 
-    prepare_data(first, output, progress=progress)
+        prepare_data(first, output, progress=progress)
+        store.result()
 
     ctx = SweepContext(
         sweep=sweep,
@@ -181,11 +186,11 @@ def run_sweep(
     if trials and not sweep.space.continuous and all(
         (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
     ):
-        store.result()  # every trial is complete: nothing for Ray to do
+        inputs_ready()  # every trial is complete: nothing for Ray to do
         errored = []
     else:
         grids = _run_tune(
-            sweep, ctx, output, resume, ray_address, num_cpus, progress, store.result
+            sweep, ctx, output, resume, ray_address, num_cpus, progress, inputs_ready
         )
         errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
 
@@ -313,8 +318,10 @@ def _run_tune(
     try:
         if ready is not None:
             ready()
+        # The report's libraries load while the trials run (the driver mostly waits then).
+        _Background(_report_imports)
         t = sweep.tune
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(t))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(sweep))
         storage = str(output / TUNE_DIR)
         grids = []
         for name, param_space, tune_config in experiments:
@@ -344,6 +351,14 @@ def _run_tune(
             ray.shutdown()
 
 
+def _report_imports() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    from scipy import stats  # noqa: F401
+
+
 def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None:
     """Join the Ray cluster at ``address``, or start a local Ray for this sweep.
 
@@ -357,6 +372,7 @@ def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None
         ray.init(address=address, **kwargs)
         return
     os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
+
     kwargs["num_cpus"] = num_cpus or os.cpu_count()
     for attempt in range(2):
         try:
@@ -417,14 +433,23 @@ def _optuna_search(metric: str, mode: str, seed: int) -> Any:
     return FinalMetricOptunaSearch(metric=metric, mode=mode, seed=seed)
 
 
-def trial_resources(t: Any) -> dict[str, float]:
-    """The trial process's resource request (``tune.resources``).
+def trial_resources(sweep: SweepConfig) -> dict[str, float]:
+    """The trial process's resource request: ``tune.resources``, raised to what the trials
+    that pretrain in their own process (``pretrain.num_workers: 0``, Ray Train's local mode)
+    train with (``pretrain.cpus_per_worker``, one GPU with ``pretrain.use_gpu``).
 
     A trial asking for neither CPU nor GPU (it mostly waits on its pretraining workers)
     still needs a non-empty request: it reserves a little memory instead.
     """
-    out = {"cpu": t.cpu, "gpu": t.gpu}
-    if not t.cpu and not t.gpu:
+    t = sweep.tune
+    cpu, gpu = t.cpu, t.gpu
+    for params in sample_points(sweep):
+        p = sweep.resolve(params).pretrain
+        if p.num_workers == 0:
+            cpu = max(cpu, p.cpus_per_worker)
+            gpu = max(gpu, 1 if p.use_gpu else 0)
+    out = {"cpu": cpu, "gpu": gpu}
+    if not cpu and not gpu:
         out["memory"] = TRIAL_MEMORY
     return out
 

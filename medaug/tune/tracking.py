@@ -97,16 +97,24 @@ class Tracker:
         sweep_id: str,
         artifact_location: str | None = None,
     ) -> None:
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.sweep_id = sweep_id
         self.artifact_location = artifact_location
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._client: Any = None
         self._experiment_id: str | None = None
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient``, made on first use (opening a new SQLite store migrates its
+        schema, which takes seconds: a caller can do it in the background)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
 
     # -- experiment and runs ----------------------------------------------------------------
 

@@ -95,3 +95,19 @@ def test_batched_heads_equal_single_heads():
                                 progress=False, **kw)
     np.testing.assert_allclose(alone.test_scores[0], out.test_scores[2], atol=1e-6)
     np.testing.assert_array_equal(alone.best_epoch[0], out.best_epoch[2])
+
+
+def test_average_ranks_match_scipy_with_ties():
+    from scipy.stats import rankdata
+
+    from medaug.eval.linear_probe import _batched_auc, average_ranks
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 6, size=(7, 40)).astype(np.float64)  # many ties
+    x[0] = 1.0  # a row of one value
+    np.testing.assert_array_equal(average_ranks(x), rankdata(x, axis=1))
+    np.testing.assert_array_equal(average_ranks(np.array([[3.0, 1.0, 3.0, 2.0]])),
+                                  [[3.5, 1.0, 3.5, 2.0]])
+    labels = rng.integers(0, 2, 40)
+    for row, got in zip(x, _batched_auc(labels, x)):
+        assert got == pytest.approx(roc_auc_score(labels, row), abs=1e-12)

@@ -71,6 +71,47 @@ def test_two_ray_workers_train_and_checkpoint(ray_cluster, phantom_dir, tmp_path
     assert events[0]["event"] == "start" and events[0]["world_size"] == 2
 
 
+def test_local_mode_trains_in_this_process_like_the_plain_loop(phantom_dir, tmp_path,
+                                                              monkeypatch):
+    """num_workers=0: Ray Train's local mode runs the loop here (no worker process, no Ray
+    started) and gives the same weights, queue and losses as the plain loop."""
+    import ray
+
+    import medaug.engine.pretrain as engine
+    from medaug.engine.checkpoint import load_state
+    from medaug.tune.pretrain_trainer import run_pretrain_ray
+
+    cfg = _config(phantom_dir, tmp_path, "pretrain.num_workers=0", "pretrain.epochs=2")
+    ray_out, plain_out = tmp_path / "local", tmp_path / "plain"
+    calls = []
+    plain_loop = engine.pretrain
+
+    def spy(*args, **kwargs):  # a worker process would not see this patch
+        calls.append(args[1])
+        return plain_loop(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "pretrain", spy)
+    was_up = ray.is_initialized()
+    summary = run_pretrain_ray(cfg, ray_out, progress=False)
+    assert ray.is_initialized() == was_up  # local mode neither starts nor stops Ray
+    assert calls == [ray_out.resolve()]
+    reported = []
+    plain_loop(cfg, plain_out, lambda m, c: reported.append(m), progress=False)
+
+    assert summary["ray_checkpoint"] is None and summary["best_epoch"] is not None
+    assert [m["epoch"] for m in _lines(ray_out / "metrics.jsonl")] == [1, 2]
+    start = _lines(ray_out / "events.jsonl")[0]
+    assert start["event"] == "start" and start["world_size"] == 1
+    local_state = load_state(ray_out / "checkpoints" / "epoch_0002")
+    plain_state = load_state(plain_out / "checkpoints" / "epoch_0002")
+    assert plain_state["model"].keys() == local_state["model"].keys()
+    for name, value in plain_state["model"].items():  # both encoders and the heads
+        assert torch.equal(local_state["model"][name], value), name
+    assert torch.equal(local_state["queue"]["keys"], plain_state["queue"]["keys"])
+    losses = [m["loss"] for m in _lines(ray_out / "metrics.jsonl")]
+    assert losses == [m["loss"] for m in reported]
+
+
 @pytest.mark.slow
 def test_a_crashed_worker_restarts_from_the_checkpoint(
     ray_cluster, phantom_dir, tmp_path, monkeypatch

@@ -8,6 +8,7 @@ a running sweep with SIGKILL and resumes it, and runs a sweep on a two-node Ray 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -93,7 +94,9 @@ def test_dry_run_lists_trials(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """Run the smoke sweep once for the module: two criteria and a failing baseline."""
+    """Run the smoke sweep once for the module: two criteria and a failing baseline, each
+    trial pretraining on a Ray Train worker group (the demo's local mode is covered by the
+    slow sweeps below and by the benchmark)."""
     import torch
 
     from medaug.tune.sweep import run_sweep
@@ -105,7 +108,8 @@ def smoke(tmp_path_factory):
     torch.set_num_threads(1)
     t0 = time.time()
     table = run_sweep(
-        str(_sweep_file(folder, weights=broken)), output, smoke=True, progress=False, num_cpus=2
+        str(_sweep_file(folder, weights=broken, num_workers=1)), output, smoke=True,
+        progress=False, num_cpus=2,
     )
     return {"output": output, "table": table, "seconds": time.time() - t0}
 
@@ -133,6 +137,7 @@ def test_smoke_sweep_runs_every_stage(smoke):
         assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [1]
         folder = output / "trials" / key
         done = json.loads((folder / "trial.json").read_text())
+        assert (folder / "pretrain" / "ray" / "pretrain").is_dir()  # a worker group's storage
         assert done["run_id"] == run.info.run_id
         assert done["metrics"]["linear_auc_mean"] == pytest.approx(m["linear_auc_mean"])
         results = json.loads((folder / "eval" / "results.json").read_text())
@@ -383,7 +388,7 @@ def test_optuna_sweep_with_asha_and_baselines(tmp_path):
 
     raw = {
         "name": "optuna",
-        "pretrain": {"epochs": 2},
+        "pretrain": {"epochs": 2, "num_workers": 0},  # Ray Train's local mode
         "space": {
             "pretrain.lr": {"loguniform": [1e-4, 1e-3]},
             "pretrain.criterion": {"grid": ["instance", "patient_same_study"]},
@@ -413,6 +418,12 @@ def test_optuna_sweep_with_asha_and_baselines(tmp_path):
     assert any(r.info.status == "FINISHED" for r in drawn)
     assert set(table.rows["key"]) == set(runs)
     assert (output / "tune" / "optuna-baselines").is_dir() and (output / "tune" / "optuna").is_dir()
+    # Local mode: each epoch's kNN AUC went to Tune (what ASHA ranks by), no worker group ran.
+    for run in drawn:
+        progress = output / "tune" / "optuna" / run.info.run_name / "progress.csv"
+        rows = list(csv.DictReader(progress.open()))
+        assert rows[0]["epoch"] == "1" and rows[0]["knn_auc"] != ""
+        assert not (output / "trials" / run.info.run_name / "pretrain" / "ray").exists()
 
 
 def _ray_pids(temp: Path) -> list[int]:
@@ -430,10 +441,22 @@ def _ray_pids(temp: Path) -> list[int]:
     return out
 
 
-def test_trial_resources():
-    from medaug.tune.space import TuneSettings
+def test_trial_resources(tmp_path):
+    from medaug.tune.space import load_sweep
     from medaug.tune.sweep import TRIAL_MEMORY, trial_resources
 
-    assert trial_resources(TuneSettings(cpu=2, gpu=0.5)) == {"cpu": 2, "gpu": 0.5}
+    def resources(*overrides):
+        return trial_resources(load_sweep("demo", list(overrides), output=tmp_path))
+
+    workers = "pretrain.num_workers=1"
+    assert resources(workers, "tune.resources={cpu: 2, gpu: 0.5}") == {"cpu": 2, "gpu": 0.5}
     # Asking for nothing still reserves something, or Tune refuses the request.
-    assert trial_resources(TuneSettings(cpu=0, gpu=0)) == {"cpu": 0, "gpu": 0, "memory": TRIAL_MEMORY}
+    assert resources(workers, "tune.resources={cpu: 0, gpu: 0}") == {
+        "cpu": 0, "gpu": 0, "memory": TRIAL_MEMORY
+    }
+    # Local mode: the trial process trains, so it reserves the training's resources.
+    local = "pretrain.num_workers=0"
+    assert resources(local, "tune.resources={cpu: 0, gpu: 0}") == {"cpu": 1.0, "gpu": 0}
+    assert resources(local, "pretrain.cpus_per_worker=2", "pretrain.use_gpu=true",
+                     "tune.resources={cpu: 1, gpu: 0}") == {"cpu": 2.0, "gpu": 1}
+    assert resources(local, "tune.resources={cpu: 3, gpu: 0}") == {"cpu": 3, "gpu": 0}
