@@ -325,6 +325,21 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(f"eval.split_by must be 'patient' or 'image', got {e.split_by!r}")
     if e.study_level not in (None, "max", "mean"):
         raise MedaugError(f"eval.study_level must be none, max or mean, got {e.study_level!r}")
+    if not e.observations:
+        raise MedaugError("eval.observations is empty; name at least one observation")
+    if e.n_splits < 1:
+        raise MedaugError(f"eval.n_splits must be at least 1, got {e.n_splits}")
+    for key in ("linear_epochs", "linear_batch_size", "e2e_epochs", "e2e_batch_size",
+                "e2e_num_workers", "feature_batch_size"):
+        if getattr(e, key) < 1:
+            raise MedaugError(f"eval.{key} must be at least 1, got {getattr(e, key)}")
+    for key in ("heldout_fraction", "select_fraction"):
+        if not 0.0 < getattr(e, key) < 1.0:
+            raise MedaugError(f"eval.{key} must lie in (0, 1), got {getattr(e, key)}")
+    if e.bootstrap < 0:
+        raise MedaugError(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
+    if not (e.linear or e.e2e):
+        raise MedaugError("both eval.linear and eval.e2e are false: nothing to evaluate")
     # Registries are checked where they live (lazy imports keep this module light).
     from medaug.pairs import check_criterion
 

@@ -47,6 +47,11 @@ def test_layers_apply_in_order(tmp_path):
         ("pretrain.criterion=same_hospital", "same_hospital"),
         ("pretrain.init=imagenet", "pretrain.weights"),
         ("eval.split_by=hospital", "split_by"),
+        ("eval.n_splits=0", "eval.n_splits must be at least 1"),
+        ("eval.linear_epochs=0", "eval.linear_epochs must be at least 1"),
+        ("eval.heldout_fraction=1.5", "eval.heldout_fraction must lie in (0, 1)"),
+        ("eval.observations=[]", "eval.observations is empty"),
+        ("pretrain.num_workers=-1", "pretrain.num_workers must be at least 0"),
         ("lr", "key=value"),
     ],
 )

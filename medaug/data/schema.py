@@ -66,6 +66,7 @@ DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("sex", "age")
 COLUMNS: tuple[str, ...] = ID_COLUMNS + OBSERVATIONS + DEMOGRAPHIC_COLUMNS
 
 VIEWS: tuple[str, ...] = ("frontal", "lateral", "other")
+SEXES: tuple[str, ...] = ("Male", "Female")  # or missing
 PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "unknown")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 UNCERTAIN_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
@@ -142,6 +143,12 @@ def validate(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
         out[column] = values
     out["age"] = pd.to_numeric(out["age"], errors="coerce").astype("float64")
     out["sex"] = out["sex"].astype(object).where(out["sex"].notna(), None)
+    bad = out["sex"].notna() & ~out["sex"].isin(SEXES)
+    if bad.any():
+        values = sorted({str(v) for v in out.loc[bad, "sex"]})[:5]
+        raise MedaugError(
+            f"{source}: column 'sex' has value(s) {values}; allowed: Male, Female, missing"
+        )
     for column in ("image_id", "path"):
         if column == "path" and (out["path"].to_numpy() == out["image_id"].to_numpy()).all():
             continue  # image ids are the paths (CheXpert): already checked

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.config import Config, check_config, config_to_dict, flatten, write_config
 from medaug.errors import MedaugError
 
 BASELINES: tuple[str, ...] = ("random", "imagenet")
@@ -225,7 +225,7 @@ def evaluate(
     from medaug.eval.splits import check_disjoint, evaluation_partitions, splits_for
 
     e = cfg.eval
-    _check_eval(cfg)
+    check_config(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     observations = list(e.observations)
@@ -315,25 +315,6 @@ def evaluate(
     results["roc_png"] = str(out_dir / "roc.png") if e.roc_plot else None
     _write_json(results_path, results)
     return results
-
-
-def _check_eval(cfg: Config) -> None:
-    e = cfg.eval
-    if not e.observations:
-        raise MedaugError("eval.observations is empty; name at least one observation")
-    if e.n_splits < 1:
-        raise MedaugError(f"eval.n_splits must be at least 1, got {e.n_splits}")
-    for key in ("linear_epochs", "linear_batch_size", "e2e_epochs", "e2e_batch_size",
-                "e2e_num_workers", "feature_batch_size"):
-        if getattr(e, key) < 1:
-            raise MedaugError(f"eval.{key} must be at least 1, got {getattr(e, key)}")
-    for key in ("heldout_fraction", "select_fraction"):
-        if not 0.0 < getattr(e, key) < 1.0:
-            raise MedaugError(f"eval.{key} must lie in (0, 1), got {getattr(e, key)}")
-    if e.bootstrap < 0:
-        raise MedaugError(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
-    if not (e.linear or e.e2e):
-        raise MedaugError("both eval.linear and eval.e2e are false: nothing to evaluate")
 
 
 def _report_kind(report, entry: dict[str, Any], kind: str) -> None:

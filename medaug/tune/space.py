@@ -664,8 +664,8 @@ SMOKE_SETTINGS: dict[str, Any] = {
     "pretrain": {
         "init": "random",
         "weights": None,
-        "epochs": 1,
-        "max_steps_per_epoch": 2,
+        "epochs": 2,  # a best epoch to choose, a checkpoint to rotate
+        "max_steps_per_epoch": 16,  # the 64-key queue fills and wraps twice per epoch
         "batch_size": 8,
         "num_workers": 1,
         "use_gpu": False,
@@ -680,7 +680,7 @@ SMOKE_SETTINGS: dict[str, Any] = {
     "eval": {
         "n_splits": 2,
         "fraction": 0.25,
-        "linear_epochs": 2,
+        "linear_epochs": 20,
         "linear_batch_size": 8,
         "e2e_epochs": 1,
         "e2e_batch_size": 8,
@@ -696,8 +696,9 @@ def smoke_sweep(
 ) -> SweepConfig:
     """The same sweep shrunk to seconds per trial; every stage stays real.
 
-    Tiny images, one epoch of two steps, a small queue and kNN bank, two probe epochs on two
-    splits, and (``data``) a tiny phantom instead of the configured dataset.  The ImageNet
+    Tiny images, two epochs of 16 steps (the small queue wraps, the kNN monitor picks one of
+    two checkpoints), a small kNN bank, 20 probe epochs on two splits, and (``data``) a tiny
+    phantom instead of the configured dataset.  The ImageNet
     baseline is kept only when its local weights file is configured.  ``keep``: dotted keys
     whose configured value wins over the smoke setting.
     """

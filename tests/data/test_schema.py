@@ -72,6 +72,7 @@ def test_empty_table_is_valid_and_canonical():
         ("Pleural Effusion", 2.0, "observation 'Pleural Effusion' has value(s) ['2.0']"),
         ("Pleural Effusion", 0.5, "observation 'Pleural Effusion' has value(s) ['0.5']"),
         ("Edema", "yes", "observation 'Edema' has value(s) ['yes']"),
+        ("sex", "M", "column 'sex' has value(s) ['M']"),
         ("path", None, "column 'path' is empty in row 1"),
         ("patient_id", "", "column 'patient_id' is empty in row 1"),
     ],

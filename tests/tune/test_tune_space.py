@@ -137,7 +137,7 @@ def test_paper_tables_need_weights_but_smoke_does_not():
     trials = smoke.grid_trials()
     assert all(not t.baseline for t in trials)  # no weights: the ImageNet baseline is dropped
     cfg = smoke.resolve(trials[0].params)
-    assert (cfg.pretrain.epochs, cfg.pretrain.init, cfg.data.image_size) == (1, "random", 32)
+    assert (cfg.pretrain.epochs, cfg.pretrain.init, cfg.data.image_size) == (2, "random", 32)
 
 
 def test_overrides(weights):

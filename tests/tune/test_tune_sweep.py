@@ -72,6 +72,10 @@ def test_bad_sweep_fails_before_anything_runs(tmp_path, capsys):
     assert not out.exists() and not ray.is_initialized()
     assert cli_main(["sweep", "--config", "demo", "--output", str(out), "--set", "pretrain.bogus=1"]) == 2
     assert "unknown config key 'pretrain.bogus'" in capsys.readouterr().err
+    # Evaluation settings too: every trial would only fail at its evaluation.
+    assert cli_main(["sweep", "--config", "demo", "--output", str(out), "--set", "eval.n_splits=0"]) == 2
+    assert "eval.n_splits must be at least 1" in capsys.readouterr().err
+    assert not out.exists()
     # A paper table without its dataset: refused before Ray starts, naming the key.
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
@@ -128,13 +132,13 @@ def test_smoke_sweep_runs_every_stage(smoke):
         m, p = run.data.metrics, run.data.params
         assert p["criterion"] == key.split("=")[1] and p["pretrain.criterion"] == p["criterion"]
         assert p["crop_scale"] == "None" and p["negatives"] == "default"
-        assert p["pretrain.epochs"] == "1" and p["data.image_size"] == "32"  # the smoke settings
+        assert p["pretrain.epochs"] == "2" and p["data.image_size"] == "32"  # the smoke settings
         assert 0.0 <= m["linear_auc_mean"] <= 1.0 and "linear_auc_std" in m
         assert {"linear_auc_split0", "linear_auc_split1", "linear_ci_low_split0"} <= set(m)
         assert rows.loc[key, "linear_mean"] == pytest.approx(m["linear_auc_mean"])
         # Per-epoch curves, logged at step = epoch.
         client = tracker_from_state(read_state(output)).client
-        assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [1]
+        assert [h.step for h in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
         folder = output / "trials" / key
         done = json.loads((folder / "trial.json").read_text())
         assert (folder / "pretrain" / "ray" / "pretrain").is_dir()  # a worker group's storage
