@@ -1,9 +1,10 @@
 """Overhead of the sweep platform (Ray Tune + Ray Train + MLflow) over the bare work.
 
 The same four smoke trials (instance, same study, all studies, distinct studies on the smoke
-phantom, the demo sweep's settings) are run, one variant after the other in this benchmark
-run, each in a fresh Python process started here (so that neither inherits the other's
-imports; a user's command starts cold too):
+phantom, the demo sweep's settings) are run by three variants, each in a fresh Python process
+started here (so that none inherits another's imports; a user's command starts cold too),
+in ``--repeats`` interleaved rounds (a noisy machine slows all variants alike) whose medians
+are compared:
 
 * direct: one process calls ``pretrain`` (the plain loop) then ``evaluate`` on the best
   checkpoint for each trial, with no Ray and no MLflow; once with torch's default threads
@@ -16,7 +17,7 @@ the sweep's time goes: start-up (imports, Ray, the first trial processes), the t
 themselves (first trial start to last trial end) and the wind-down (Tune, report, Ray
 shutdown).
 
-    python benchmarks/bench_sweep.py [--json runs/bench/sweep.json] [--set KEY=VALUE ...]
+    python benchmarks/bench_sweep.py [--json runs/bench/sweep.json] [--repeats 3] [--set KEY=VALUE ...]
 
 ``--set`` applies to both variants, e.g. longer trials:
 ``--set pretrain.epochs=2 --set pretrain.max_steps_per_epoch=20``.
@@ -29,9 +30,11 @@ import time
 PROCESS_START = time.time()  # before any import: the variant's own start-up counts
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -114,6 +117,7 @@ def _child(args: argparse.Namespace) -> int:
         out = run_direct(output, args.set, 1 if args.variant == "direct1" else None)
     out["seconds"] = time.time() - PROCESS_START
     Path(args.child_json).write_text(json.dumps(out, indent=2) + "\n")
+    gc.freeze()  # both variants exit as the medaug command does (medaug.cli.entry)
     return 0
 
 
@@ -134,6 +138,13 @@ def _run_variant(variant: str, root: Path, extra: list[str]) -> dict:
     return figures
 
 
+VARIANTS = {
+    "direct": "direct, torch's default threads",
+    "direct1": "direct, one thread",
+    "sweep": f"sweep (Ray Tune + Ray Train + MLflow, {CONCURRENT} trials at once)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
@@ -141,63 +152,82 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="applied to both variants, e.g. --set pretrain.max_steps_per_epoch=20",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="rounds of the three variants, interleaved; medians are compared (default 3)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
-    parser.add_argument("--variant", choices=["direct", "direct1", "sweep"], help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--child-output", help=argparse.SUPPRESS)
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant:
         return _child(args)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     try:
-        direct = _run_variant("direct", root, args.set)
-        print(f"direct, torch's default threads ({direct['threads']}): "
-              f"{direct['wall_seconds']:.1f} s (imports {direct['imports_seconds']:.1f} s)",
-              flush=True)
-        direct1 = _run_variant("direct1", root, args.set)
-        print(f"direct, one thread:                   {direct1['wall_seconds']:.1f} s "
-              f"(imports {direct1['imports_seconds']:.1f} s)", flush=True)
-        sweep = _run_variant("sweep", root, args.set)
-        print(f"sweep (Ray Tune + Ray Train + MLflow, {CONCURRENT} trials at once): "
-              f"{sweep['wall_seconds']:.1f} s", flush=True)
+        for r in range(args.repeats):
+            for variant, label in VARIANTS.items():
+                out = _run_variant(variant, root / f"round{r}", args.set)
+                runs[variant].append(out)
+                print(f"round {r + 1}/{args.repeats}  {label}: {out['wall_seconds']:.1f} s",
+                      flush=True)
     finally:
         if args.keep:
             print(f"kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
-    best_direct = min(direct["wall_seconds"], direct1["wall_seconds"])
-    overhead = sweep["wall_seconds"] / best_direct - 1.0
-    work = [t["seconds"] for t in direct1["trials"].values()]
-    print(f"overhead: {overhead:+.0%} of the faster direct run (goal <= +20%)")
-    print(f"  sweep: start-up {sweep['startup_seconds']:.1f} s (imports, Ray, first trial "
-          f"processes), trials {sweep['trials_seconds']:.1f} s, wind-down "
-          f"{sweep['winddown_seconds']:.1f} s (Tune, report, Ray shutdown)")
-    print(f"  one trial's work, one thread, direct: {sum(work) / len(work):.1f} s")
+    def med(variant: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[variant])
+
+    walls = {v: [r["wall_seconds"] for r in runs[v]] for v in VARIANTS}
+    best_direct = min(med("direct", "wall_seconds"), med("direct1", "wall_seconds"))
+    overhead = med("sweep", "wall_seconds") / best_direct - 1.0
+    per_round = [
+        s / min(d, d1) - 1.0 for s, d, d1 in zip(walls["sweep"], walls["direct"], walls["direct1"])
+    ]
+    work = [t["seconds"] for r in runs["direct1"] for t in r["trials"].values()]
+    print(f"\nmedians over {args.repeats} round(s):")
+    for variant, label in VARIANTS.items():
+        spread = f"  (range {min(walls[variant]):.1f}-{max(walls[variant]):.1f})" if args.repeats > 1 else ""
+        print(f"  {label}: {med(variant, 'wall_seconds'):.1f} s{spread}")
+    print(f"overhead: {overhead:+.0%} of the faster direct run (goal <= +20%); per round: "
+          + ", ".join(f"{o:+.0%}" for o in per_round))
+    print(f"  sweep: start-up {med('sweep', 'startup_seconds'):.1f} s (imports, Ray, first trial "
+          f"processes), trials {med('sweep', 'trials_seconds'):.1f} s, wind-down "
+          f"{med('sweep', 'winddown_seconds'):.1f} s (Tune, report, Ray shutdown)")
+    print(f"  one trial's work, one thread, direct: {statistics.median(work):.1f} s (median)")
+    direct, sweep = runs["direct"][0], runs["sweep"][0]
     figures = {
-        "trials": len(work),
+        "trials": len(sweep["trials"]),
         "concurrent": CONCURRENT,
         "cpus": os.cpu_count(),
-        "direct_seconds": direct["wall_seconds"],
+        "repeats": args.repeats,
+        "direct_seconds": med("direct", "wall_seconds"),
         "direct_threads": direct["threads"],
-        "direct_one_thread_seconds": direct1["wall_seconds"],
-        "direct_imports_seconds": direct["imports_seconds"],
-        "direct_trial_seconds_one_thread": work,
-        "sweep_seconds": sweep["wall_seconds"],
-        "sweep_startup_seconds": sweep["startup_seconds"],
-        "sweep_trials_seconds": sweep["trials_seconds"],
-        "sweep_winddown_seconds": sweep["winddown_seconds"],
+        "direct_one_thread_seconds": med("direct1", "wall_seconds"),
+        "direct_imports_seconds": med("direct", "imports_seconds"),
+        "direct_trial_seconds_one_thread": statistics.median(work),
+        "sweep_seconds": med("sweep", "wall_seconds"),
+        "sweep_startup_seconds": med("sweep", "startup_seconds"),
+        "sweep_trials_seconds": med("sweep", "trials_seconds"),
+        "sweep_winddown_seconds": med("sweep", "winddown_seconds"),
+        "wall_seconds_per_round": walls,
         "overhead_ratio": overhead,
+        "overhead_ratio_per_round": per_round,
         "goal_ratio": 0.20,
         "overrides": args.set,
-        "sweep_finished_trials": sweep["finished"],
+        "sweep_finished_trials": [r["finished"] for r in runs["sweep"]],
     }
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0 if sweep["finished"] == len(work) else 1
+    return 0 if all(r["finished"] == len(sweep["trials"]) for r in runs["sweep"]) else 1
 
 
 if __name__ == "__main__":

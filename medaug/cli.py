@@ -8,6 +8,7 @@ Each subcommand lives in ``medaug/commands/<name>.py`` with ``add_arguments(pars
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -60,5 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``medaug`` command: :func:`main`, then a quick exit.
+
+    An exiting interpreter's last garbage collections walk every object that torch, Ray and
+    MLflow created (a second or more); frozen, they are left to the end of the process.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -346,6 +346,10 @@ def check_config(cfg: Config) -> None:
     check_criterion(p.criterion)
     if p.size_match is not None:
         check_criterion(p.size_match)
+    from medaug.moco.names import BUILTIN_STRATEGIES
+
+    if p.negatives in BUILTIN_STRATEGIES:
+        return  # no need to import torch (the sweep driver does without it)
     try:
         from medaug.moco.negatives import check_strategy
     except ImportError:  # the moco package is optional for metadata-only commands

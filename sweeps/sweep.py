@@ -15,6 +15,7 @@ head, when it answers); elsewhere in ``sqlite:///OUTPUT/mlflow.db``.
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import sys
 
@@ -99,4 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    gc.freeze()  # a quick exit: see medaug.cli.entry
+    sys.exit(code)

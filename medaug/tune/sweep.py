@@ -23,6 +23,7 @@ The output folder::
     OUTPUT/sweep.yaml      the sweep as run (after --set)
     OUTPUT/mlflow.db       the MLflow store (default tracking URI), OUTPUT/mlartifacts/
     OUTPUT/cache/          the image cache shared by the trials;  OUTPUT/splits.csv
+    OUTPUT/inputs.json     written once the shared inputs are ready (the trials wait for it)
     OUTPUT/trials/<key>/   one folder per trial
     OUTPUT/tune/<name>/    Ray Tune's experiment state
     OUTPUT/report/         results.md, results.csv, results.png
@@ -57,7 +58,14 @@ from medaug.tune.tracking import (
     mlflow_ui_command,
     quiet_mlflow,
 )
-from medaug.tune.trial import DONE_FILE, SweepContext, run_trial, trial_dir
+from medaug.tune.trial import (
+    DONE_FILE,
+    INPUTS_FILE,
+    SweepContext,
+    run_trial,
+    trial_dir,
+    write_inputs_state,
+)
 
 SWEEP_FILE = "sweep.yaml"
 TUNE_DIR = "tune"
@@ -138,18 +146,16 @@ def run_sweep(
             )
 
     output.mkdir(parents=True, exist_ok=True)
-    sweep = sweep_inputs(sweep, output, smoke, progress)
+    sweep = sweep_inputs(sweep, output, smoke, progress, generate=False)
     first = sweep.resolve(trials[0].params if trials else {}, output=str(output))
-    _check_data(first)
+    if not smoke:  # the smoke phantom is drawn below, while Ray starts
+        _check_data(first)
 
     quiet_mlflow()
     uri = tracking_uri or (state or {}).get("tracking_uri") or default_tracking_uri(output)
     artifacts = default_artifact_location(output) if uri.startswith("sqlite:") else None
     sweep_id = (state or {}).get("sweep_id") or uuid.uuid4().hex
     tracker = Tracker(uri, sweep.name, sweep_id, artifacts)
-    # The store and the experiment are created before any trial races to (a new SQLite
-    # store takes seconds of schema migrations: they overlap the cache build and Ray's start).
-    store = _Background(lambda: tracker.experiment_id)
 
     new_state = {
         "experiment": sweep.name,
@@ -166,13 +172,24 @@ def run_sweep(
         _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     _write_text(state_path, json.dumps(new_state, indent=2) + "\n")
 
-    def inputs_ready() -> None:
-        # The image cache is built once here (while Ray starts), so that concurrent trials
-        # only open it; the store must exist before any trial races to create it.
+    def inputs() -> None:
+        # Run while Ray starts (its start leaves a core mostly idle) and the first trial
+        # processes import their libraries; they wait for OUTPUT/inputs.json: the smoke
+        # phantom; the image cache, built once so that concurrent trials only open it; the
+        # MLflow store and experiment, which must exist before any trial races to create
+        # them (made in a child process: a new SQLite store takes seconds of migrations).
         from medaug.engine.data import prepare_data
 
-        prepare_data(first, output, progress=progress)
-        store.result()
+        try:
+            experiment = tracker.start_experiment_process()
+            if smoke:
+                make_smoke_data(output, progress)
+            prepare_data(first, output, progress=progress)
+            experiment()
+        except BaseException as err:
+            write_inputs_state(output, err)
+            raise
+        write_inputs_state(output)
 
     ctx = SweepContext(
         sweep=sweep,
@@ -182,15 +199,21 @@ def run_sweep(
         artifact_location=artifacts,
         order={t.key: i for i, t in enumerate(trials)},
         progress=progress,
+        wait_inputs=True,
     )
+    (output / INPUTS_FILE).unlink(missing_ok=True)
+    # The driver needs MLflow and the report's libraries only when trials end: they load
+    # once the trials are under way (a Tune callback), not while the trial processes start.
+    warm_driver = _Once(lambda: _Background(lambda: (_report_imports(), tracker.client)))
     if trials and not sweep.space.continuous and all(
         (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
     ):
-        inputs_ready()  # every trial is complete: nothing for Ray to do
+        inputs()  # every trial is complete: nothing for Ray to do
         errored = []
     else:
         grids = _run_tune(
-            sweep, ctx, output, resume, ray_address, num_cpus, progress, inputs_ready
+            sweep, ctx, output, resume, ray_address, num_cpus, progress, _Background(inputs),
+            warm_driver,
         )
         errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
 
@@ -234,20 +257,29 @@ def _load(
     return load_sweep(sweep_cfg, overrides, output=output, smoke=smoke)
 
 
-def sweep_inputs(sweep: SweepConfig, output: Path, smoke: bool, progress: bool = True) -> SweepConfig:
-    """The sweep with its shared inputs in ``output``: the smoke phantom (generated when
-    ``smoke``), the image cache folder and the label-splits file every trial uses."""
+def sweep_inputs(
+    sweep: SweepConfig, output: Path, smoke: bool, progress: bool = True, generate: bool = True
+) -> SweepConfig:
+    """The sweep with its shared inputs in ``output``: the smoke phantom (``smoke``; drawn
+    now if ``generate``, else see :func:`make_smoke_data`), the image cache folder and the
+    label-splits file every trial uses."""
     if smoke:
-        sweep = _smoke_data(sweep, output, progress)
+        if generate:
+            make_smoke_data(output, progress)
+        sweep = _smoke_data(sweep, output)
     return _shared_paths(sweep, output)
 
 
-def _smoke_data(sweep: SweepConfig, output: Path, progress: bool) -> SweepConfig:
-    """Point a smoke sweep at a tiny phantom generated in ``OUTPUT/smoke_data``."""
+def make_smoke_data(output: Path, progress: bool = True) -> None:
+    """Draw the smoke phantom in ``OUTPUT/smoke_data`` (kept if already there)."""
     from medaug.data.phantom import make_phantom
 
+    make_phantom(output / SMOKE_DATA, workers=1, progress=progress, **SMOKE_PHANTOM)
+
+
+def _smoke_data(sweep: SweepConfig, output: Path) -> SweepConfig:
+    """Point a smoke sweep at the tiny phantom of ``OUTPUT/smoke_data``."""
     folder = output / SMOKE_DATA
-    make_phantom(folder, workers=1, progress=progress, **SMOKE_PHANTOM)
     out = copy.deepcopy(sweep)
     out.forced = copy.deepcopy(out.forced)
     out.forced.setdefault("data", {}).update(
@@ -287,9 +319,11 @@ def _run_tune(
     ray_address: str | None,
     num_cpus: int | None,
     progress: bool,
-    ready: Any = None,
+    inputs: _Background | None = None,
+    warm: Any = None,
 ) -> list[Any]:
-    """Start (or join) Ray, wait for ``ready()``, then run or restore the Tune experiments.
+    """Start (or join) Ray, run or restore the Tune experiments, then make sure ``inputs``
+    (the shared inputs, prepared in the background while the trials start) succeeded.
 
     One experiment, named after the sweep; an Optuna sweep with baselines runs them first as
     a small grid experiment of their own (``<name>-baselines``), since Optuna only draws
@@ -297,12 +331,16 @@ def _run_tune(
     """
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from medaug.tune.space import tune_param_space
 
     # Per-epoch results (forwarded from Ray Train) carry the kNN AUC but not the final
     # linear-probe AUC the searcher ranks by, which arrives with the trial's last result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's results go to CSV and JSON files (the callbacks below); its default TensorBoard
+    # logger is left out: MLflow holds the curves, and tensorboardX would import torch here.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     experiments = []
     if sweep.space.continuous and sweep.baselines:
         keys = [sweep.baseline_trial(b).key for b in sweep.baselines]
@@ -316,10 +354,6 @@ def _run_tune(
         _init_ray(ray_address, num_cpus, progress)
         started = True
     try:
-        if ready is not None:
-            ready()
-        # The report's libraries load while the trials run (the driver mostly waits then).
-        _Background(_report_imports)
         t = sweep.tune
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(sweep))
         storage = str(output / TUNE_DIR)
@@ -340,11 +374,15 @@ def _run_tune(
                         name=name,
                         storage_path=storage,
                         failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                        callbacks=[_run_status_callback(ctx)],
+                        callbacks=[
+                            CSVLoggerCallback(), JsonLoggerCallback(), _run_status_callback(ctx, warm),
+                        ],
                         verbose=1 if progress else 0,
                     ),
                 )
             grids.append(tuner.fit())
+        if inputs is not None:
+            inputs.result()  # the inputs' own error, rather than the trials' report of it
         return grids
     finally:
         if started:
@@ -386,16 +424,22 @@ def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None
                   file=sys.stderr)
 
 
-def _run_status_callback(ctx: SweepContext) -> Any:
+def _run_status_callback(ctx: SweepContext, warm: Any = None) -> Any:
     """A Tune callback giving the MLflow run of a trial that did not finish its final status.
 
-    A trial process marks its run FINISHED itself.  Only Tune knows why any other trial ended:
-    an error (the run becomes FAILED; the trial process died, or raised and tagged the error)
-    or early stopping by the scheduler, which interrupts the trial from outside (KILLED).
+    A trial process marks its run FINISHED itself.  Only Tune knows why any other trial
+    ended: an error (the run becomes FAILED; the trial process died, or raised and tagged
+    the error) or early stopping by the scheduler, which interrupts the trial from outside
+    (KILLED).  ``warm`` (if given) is called on every trial result: the driver's own imports
+    wait for the trials to be under way.
     """
     from ray.tune import Callback
 
     class CloseUnfinishedRuns(Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            if warm is not None:
+                warm()
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._close(trial, "KILLED")
 
@@ -490,6 +534,18 @@ def _tune_config(sweep: SweepConfig, grid: bool = False) -> Any:
         trial_name_creator=name,
         trial_dirname_creator=name,
     )
+
+
+class _Once:
+    """Call ``fn`` on the first call only."""
+
+    def __init__(self, fn: Any) -> None:
+        self._fn: Any = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
 
 
 class _Background:

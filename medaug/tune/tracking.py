@@ -148,6 +148,36 @@ class Tracker:
                 raise
             return exp.experiment_id
 
+    def start_experiment_process(self) -> Callable[[], str]:
+        """Create the store and the experiment in a child process; returns the function that
+        waits for it and gives the experiment id.
+
+        A new SQLite store's schema migrations are seconds of pure Python: run here, they
+        would hold the interpreter lock that this process's other threads (Ray Tune's loop
+        starting the trials) need.
+        """
+        import subprocess
+        import sys
+
+        args = [self.tracking_uri, self.experiment, self.sweep_id, self.artifact_location or ""]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medaug.tune.tracking", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+        def wait() -> str:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                lines = err.strip().splitlines()
+                raise MedaugError(
+                    f"could not open the MLflow experiment {self.experiment!r} at "
+                    f"{self.tracking_uri}: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+                )
+            self._experiment_id = out.strip().splitlines()[-1]
+            return self._experiment_id
+
+        return wait
+
     def find_run(self, key: str) -> Any | None:
         """The run of trial ``key`` in this sweep, or None."""
         runs = _retry(
@@ -322,3 +352,25 @@ def quiet_mlflow() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m medaug.tune.tracking URI EXPERIMENT SWEEP_ID [ARTIFACT_LOCATION]``: create
+    (or find) the experiment and print its id (see :meth:`Tracker.start_experiment_process`)."""
+    import sys
+
+    quiet_mlflow()
+    uri, experiment, sweep_id = argv[:3]
+    artifacts = argv[3] if len(argv) > 3 and argv[3] else None
+    try:
+        print(Tracker(uri, experiment, sweep_id, artifacts).experiment_id)
+    except MedaugError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -23,18 +23,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.errors import MedaugError
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
 from medaug.tune.tracking import SUMMARY_PARAMS, Tracker, result_metrics
 
 TRIALS_DIR = "trials"
 DONE_FILE = "trial.json"
 ERROR_FILE = "error.txt"
+INPUTS_FILE = "inputs.json"  # in OUTPUT: written by the driver once the shared inputs exist
+INPUTS_NOTE_SECONDS = 30.0
 
 
 @dataclass
@@ -48,6 +52,9 @@ class SweepContext:
         order: trial key -> position in the plan (rows of the report follow it).
         log_checkpoint: also copy the selected checkpoint into the run's artifacts.
         progress: progress bars and per-epoch lines in the trial logs.
+        wait_inputs: the driver prepares the shared inputs (image cache, MLflow store) while
+            the first trial processes start: a trial imports what it needs, then waits for
+            ``OUTPUT/inputs.json`` (see :func:`wait_for_inputs`).
     """
 
     sweep: SweepConfig
@@ -58,6 +65,7 @@ class SweepContext:
     order: dict[str, int] | None = None
     log_checkpoint: bool = False
     progress: bool = True
+    wait_inputs: bool = False
 
     def tracker(self) -> Tracker:
         return Tracker(self.tracking_uri, self.sweep.name, self.sweep_id, self.artifact_location)
@@ -112,6 +120,9 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
     cfg = ctx.sweep.resolve(spec.params, output=str(folder))
     write_config(cfg, folder / "config.yaml")
     _limit_threads()
+    if ctx.wait_inputs:
+        _preload()
+        wait_for_inputs(ctx.output, ctx.progress)
 
     tracker = ctx.tracker()
     run_id = tracker.start_trial(spec.key, spec.label, "baseline" if spec.baseline else "pretrain")
@@ -209,6 +220,45 @@ def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     if "knn_auc_best" in out:
         out["knn_auc"] = out["knn_auc_best"]
     return out
+
+
+def write_inputs_state(output: str | Path, error: BaseException | None = None) -> None:
+    """Tell waiting trials that the sweep's shared inputs are ready (or why they failed)."""
+    state: dict[str, Any] = {"ok": error is None}
+    if error is not None:
+        state["error"] = f"{type(error).__name__}: {error}"
+    _write_json(Path(output) / INPUTS_FILE, state)
+
+
+def wait_for_inputs(output: str | Path, progress: bool = True, poll: float = 0.1) -> None:
+    """Block until the driver has written ``OUTPUT/inputs.json``; raise if it reports a
+    failure.  A trial never waits past its driver: Ray ends the trial processes of a job
+    whose driver is gone."""
+    path = Path(output) / INPUTS_FILE
+    start = time.monotonic()
+    note = INPUTS_NOTE_SECONDS
+    while not path.exists():
+        time.sleep(poll)
+        waited = time.monotonic() - start
+        if progress and waited >= note:
+            print(f"waiting for the sweep's shared inputs (image cache, MLflow store): "
+                  f"{waited:.0f} s", flush=True)
+            note *= 2
+    state = json.loads(path.read_text())
+    if not state.get("ok"):
+        raise MedaugError(f"the sweep's shared inputs could not be prepared: {state.get('error')}")
+
+
+def _preload() -> None:
+    """Import what the trial will use (torch, torchvision, MLflow, Ray Train), so that a
+    new trial process does it while the driver is still preparing the shared inputs."""
+    import mlflow  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import ray.train.torch  # noqa: F401
+
+    import medaug.eval.evaluate  # noqa: F401
+    import medaug.moco.model  # noqa: F401
+    import medaug.tune.pretrain_trainer  # noqa: F401
 
 
 def _limit_threads() -> None:

@@ -93,6 +93,51 @@ def test_dry_run_lists_trials(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# Shared inputs prepared while the trials start
+
+
+def test_trials_wait_for_the_inputs_marker(tmp_path):
+    import threading
+
+    from medaug.errors import MedaugError
+    from medaug.tune.trial import INPUTS_FILE, wait_for_inputs, write_inputs_state
+
+    timer = threading.Timer(0.5, write_inputs_state, args=(tmp_path,))
+    t0 = time.monotonic()
+    timer.start()
+    wait_for_inputs(tmp_path, progress=False, poll=0.02)
+    assert time.monotonic() - t0 >= 0.5
+    assert json.loads((tmp_path / INPUTS_FILE).read_text()) == {"ok": True}
+    write_inputs_state(tmp_path, MedaugError("3 images could not be read"))
+    with pytest.raises(MedaugError, match="could not be prepared: MedaugError: 3 images could not be read"):
+        wait_for_inputs(tmp_path, progress=False)
+
+
+def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
+    """The cache is built while Ray and the first trials start: its error is the sweep's."""
+    import ray
+
+    from medaug.data.phantom import make_phantom
+    from medaug.errors import MedaugError
+    from medaug.tune.sweep import run_sweep
+
+    data = tmp_path / "data"
+    make_phantom(data, n_patients=12, image_size=32, workers=1, progress=False)
+    gone = data / next(csv.DictReader((data / "train.csv").open()))["Path"]
+    gone.unlink()
+    out = tmp_path / "out"
+    with pytest.raises(MedaugError, match=r"images could not be read \(missing: 1"):
+        run_sweep(str(_sweep_file(tmp_path)), out, progress=False, num_cpus=2,
+                  overrides=[f"data.csv={data / 'train.csv'}", "data.image_size=32"])
+    assert not ray.is_initialized()
+    assert json.loads((out / "inputs.json").read_text())["ok"] is False
+    for key in TWO:  # each trial started, then stopped at the marker, before pretraining
+        assert (out / "trials" / key / "config.yaml").exists()
+        assert not (out / "trials" / key / "pretrain").exists()
+        assert not (out / "trials" / key / "trial.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
 # A smoke sweep through Ray Tune, Ray Train and MLflow
 
 
@@ -154,6 +199,7 @@ def test_smoke_sweep_runs_every_stage(smoke):
         rows.loc[TWO[1], "linear_mean"] - rows.loc[TWO[0], "linear_mean"]
     )
     assert (output / "report" / "results.md").exists() and (output / "report" / "results.png").exists()
+    assert json.loads((output / "inputs.json").read_text()) == {"ok": True}
 
 
 def test_failed_trial_is_errored_without_stopping_the_others(smoke):

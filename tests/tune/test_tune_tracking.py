@@ -24,6 +24,22 @@ def test_default_locations(tmp_path):
     assert mlflow_ui_command("sqlite:////a/b.db") == "mlflow ui --backend-store-uri sqlite:////a/b.db"
 
 
+def test_experiment_made_in_a_child_process(tmp_path):
+    from medaug.errors import MedaugError
+
+    uri, artifacts = default_tracking_uri(tmp_path), default_artifact_location(tmp_path)
+    made = Tracker(uri, "exp-c", "s9", artifacts)
+    exp_id = made.start_experiment_process()()  # a new SQLite file: the child migrates it
+    assert made.experiment_id == exp_id
+    exp = Tracker(uri, "exp-c", "s9").client.get_experiment_by_name("exp-c")
+    assert exp.experiment_id == exp_id and exp.artifact_location == artifacts
+    assert exp.tags["sweep_id"] == "s9"
+    assert Tracker(uri, "exp-c", "s9").start_experiment_process()() == exp_id  # found again
+    Tracker(uri, "exp-c", "s9").client.delete_experiment(exp_id)
+    with pytest.raises(MedaugError, match="'exp-c' at .* is deleted; restore it"):
+        Tracker(uri, "exp-c", "s9").start_experiment_process()()
+
+
 def test_one_run_per_trial_across_restarts(store):
     out, uri = store
     first = Tracker(uri, "exp-a", "s1", default_artifact_location(out))
