@@ -205,6 +205,8 @@ def run_sweep(
     # The driver needs MLflow and the report's libraries only when trials end: they load
     # once the trials are under way (a Tune callback), not while the trial processes start.
     warm_driver = _Once(lambda: _Background(lambda: (_report_imports(), tracker.client)))
+    # The report is written while a local Ray shuts down (which takes a second or two).
+    report: list[_Background] = []
     if trials and not sweep.space.continuous and all(
         (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
     ):
@@ -213,11 +215,11 @@ def run_sweep(
     else:
         grids = _run_tune(
             sweep, ctx, output, resume, ray_address, num_cpus, progress, _Background(inputs),
-            warm_driver,
+            warm_driver, lambda: report.append(_Background(lambda: write_report(output, uri))),
         )
         errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
 
-    table, paths = write_report(output, uri)
+    table, paths = report[0].result() if report else write_report(output, uri)
     print(table.to_markdown())
     print(f"\nreport: {paths['markdown']}\n        {paths['csv']}\n        {paths['plot']}")
     print(f"MLflow: {mlflow_ui_command(uri)}")
@@ -321,9 +323,11 @@ def _run_tune(
     progress: bool,
     inputs: _Background | None = None,
     warm: Any = None,
+    finished: Any = None,
 ) -> list[Any]:
-    """Start (or join) Ray, run or restore the Tune experiments, then make sure ``inputs``
-    (the shared inputs, prepared in the background while the trials start) succeeded.
+    """Start (or join) Ray, run or restore the Tune experiments, make sure ``inputs`` (the
+    shared inputs, prepared in the background while the trials start) succeeded, call
+    ``finished()`` and stop a Ray started here.
 
     One experiment, named after the sweep; an Optuna sweep with baselines runs them first as
     a small grid experiment of their own (``<name>-baselines``), since Optuna only draws
@@ -383,6 +387,8 @@ def _run_tune(
             grids.append(tuner.fit())
         if inputs is not None:
             inputs.result()  # the inputs' own error, rather than the trials' report of it
+        if finished is not None:
+            finished()
         return grids
     finally:
         if started:
