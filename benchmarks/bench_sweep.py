@@ -141,7 +141,7 @@ def _run_variant(variant: str, root: Path, extra: list[str]) -> dict:
 VARIANTS = {
     "direct": "direct, torch's default threads",
     "direct1": "direct, one thread",
-    "sweep": f"sweep (Ray Tune + Ray Train + MLflow, {CONCURRENT} trials at once)",
+    "sweep": "sweep (Ray Tune + Ray Train + MLflow)",
 }
 
 
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         s / min(d, d1) - 1.0 for s, d, d1 in zip(walls["sweep"], walls["direct"], walls["direct1"])
     ]
     work = [t["seconds"] for r in runs["direct1"] for t in r["trials"].values()]
-    print(f"\nmedians over {args.repeats} round(s):")
+    print(f"\nmedians over {args.repeats} round(s); the sweep runs tune.max_concurrent="
+          f"{CONCURRENT} trials at once unless --set says otherwise:")
     for variant, label in VARIANTS.items():
         spread = f"  (range {min(walls[variant]):.1f}-{max(walls[variant]):.1f})" if args.repeats > 1 else ""
         print(f"  {label}: {med(variant, 'wall_seconds'):.1f} s{spread}")
