@@ -61,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def entry() -> None:
-    """The ``medaug`` command: :func:`main`, then a quick exit.
-
-    An exiting interpreter's last garbage collections walk every object that torch, Ray and
-    MLflow created (a second or more); frozen, they are left to the end of the process.
-    """
-    code = main()
+def quick_exit(code: int) -> None:
+    """Exit with ``code``, skipping the interpreter's last garbage collections, which walk
+    every object that torch, Ray and MLflow created (a second or more); frozen, they are
+    left to the end of the process."""
     gc.freeze()
     sys.exit(code)
+
+
+def entry() -> None:
+    """The ``medaug`` command: :func:`main`, then :func:`quick_exit`."""
+    quick_exit(main())
 
 
 if __name__ == "__main__":

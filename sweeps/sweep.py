@@ -15,7 +15,6 @@ head, when it answers); elsewhere in ``sqlite:///OUTPUT/mlflow.db``.
 from __future__ import annotations
 
 import argparse
-import gc
 import socket
 import sys
 
@@ -100,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    gc.freeze()  # a quick exit: see medaug.cli.entry
-    sys.exit(code)
+    from medaug.cli import quick_exit
+
+    quick_exit(main())
