@@ -37,6 +37,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,24 +173,7 @@ def run_sweep(
         _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     _write_text(state_path, json.dumps(new_state, indent=2) + "\n")
 
-    def inputs() -> None:
-        # Run while Ray starts (its start leaves a core mostly idle) and the first trial
-        # processes import their libraries; they wait for OUTPUT/inputs.json: the smoke
-        # phantom; the image cache, built once so that concurrent trials only open it; the
-        # MLflow store and experiment, which must exist before any trial races to create
-        # them (made in a child process: a new SQLite store takes seconds of migrations).
-        from medaug.engine.data import prepare_data
-
-        try:
-            experiment = tracker.start_experiment_process()
-            if smoke:
-                make_smoke_data(output, progress)
-            prepare_data(first, output, progress=progress)
-            experiment()
-        except BaseException as err:
-            write_inputs_state(output, err)
-            raise
-        write_inputs_state(output)
+    inputs = start_shared_inputs(tracker, first, output, smoke, progress)
 
     ctx = SweepContext(
         sweep=sweep,
@@ -270,6 +254,45 @@ def sweep_inputs(
             make_smoke_data(output, progress)
         sweep = _smoke_data(sweep, output)
     return _shared_paths(sweep, output)
+
+
+def start_shared_inputs(
+    tracker: Tracker, cfg: Any, output: Path, smoke: bool, progress: bool = True
+) -> Callable[[], None]:
+    """Start the child processes the sweep's shared inputs need and return the function that
+    prepares them, meant to run in a background thread while Ray and the first trial
+    processes start (the trials wait for ``OUTPUT/inputs.json``, which it writes, with the
+    error if any): the smoke phantom; the image cache, built once so that concurrent trials
+    only open it; the MLflow store and experiment, which must exist before any trial races
+    to create them (made in a child process: a new SQLite store takes seconds of
+    migrations).
+
+    Every process is started here, in the calling thread, not in the background one: Ray's
+    start sets environment variables, and a child started meanwhile from another thread can
+    fail with EFAULT (``vfork`` + ``execv`` read the environment array while it is
+    reallocated).
+    """
+    from medaug.data.workers import start_pool_server
+
+    experiment = tracker.start_experiment_process()
+    workers = cfg.data.num_loader_workers
+    if workers is None or workers > 1:  # the image cache's decoding pool forks from it
+        start_pool_server()
+
+    def prepare() -> None:
+        from medaug.engine.data import prepare_data
+
+        try:
+            if smoke:
+                make_smoke_data(output, progress)
+            prepare_data(cfg, output, progress=progress)
+            experiment()
+        except BaseException as err:
+            write_inputs_state(output, err)
+            raise
+        write_inputs_state(output)
+
+    return prepare
 
 
 def make_smoke_data(output: Path, progress: bool = True) -> None:

@@ -113,6 +113,60 @@ def test_trials_wait_for_the_inputs_marker(tmp_path):
         wait_for_inputs(tmp_path, progress=False)
 
 
+def test_shared_inputs_survive_a_changing_environment(tmp_path):
+    """The shared inputs are prepared in a thread while Ray's start sets environment
+    variables in the main one.  A child process started from that thread meanwhile failed
+    with EFAULT (vfork + execv reading the environment array as it was reallocated), so
+    every process is started before the thread: here another thread rewrites the
+    environment without pause while the inputs (MLflow store in a child process, image
+    cache through a two-process pool) are prepared, three times over."""
+    import threading
+
+    from medaug.config import load_config
+    from medaug.data.phantom import make_phantom
+    from medaug.tune.sweep import start_shared_inputs
+    from medaug.tune.tracking import Tracker, default_tracking_uri
+    from medaug.tune.trial import INPUTS_FILE
+
+    data = tmp_path / "data"
+    make_phantom(data, n_patients=12, image_size=32, workers=1, progress=False)
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            os.environ[f"MEDAUG_TEST_CHURN_{i % 200}"] = "x" * (i % 40)
+            if i % 200 == 199:
+                for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
+                    del os.environ[name]
+            i += 1
+
+    try:
+        for round_ in range(3):
+            out = tmp_path / f"out{round_}"
+            out.mkdir()
+            cfg = load_config(None, [f"data.csv={data / 'train.csv'}", "data.image_size=32",
+                                     "data.num_loader_workers=2", f"data.cache_dir={out / 'cache'}"])
+            tracker = Tracker(default_tracking_uri(out), f"churn{round_}", "s1")
+            prepare = start_shared_inputs(tracker, cfg, out, smoke=False, progress=False)
+            stop.clear()
+            churner = threading.Thread(target=churn, daemon=True)
+            churner.start()
+            try:
+                worker = threading.Thread(target=prepare)
+                worker.start()
+                worker.join(120)
+            finally:
+                stop.set()
+                churner.join()
+            assert json.loads((out / INPUTS_FILE).read_text()) == {"ok": True}
+            assert tracker.experiment_id is not None
+            assert len(list((out / "cache").iterdir())) >= 1
+    finally:
+        for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
+            del os.environ[name]
+
+
 def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
     """The cache is built while Ray and the first trials start: its error is the sweep's."""
     import ray
