@@ -31,13 +31,14 @@ The output folder::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,14 +197,16 @@ def run_sweep(
     ):
         inputs()  # every trial is complete: nothing for Ray to do
         errored = []
+        table, paths = write_report(output, uri)
     else:
-        grids = _run_tune(
-            sweep, ctx, output, resume, ray_address, num_cpus, progress, _Background(inputs),
-            warm_driver, lambda: report.append(_Background(lambda: write_report(output, uri))),
-        )
-        errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
-
-    table, paths = report[0].result() if report else write_report(output, uri)
+        with _fork_not_vfork():
+            grids = _run_tune(
+                sweep, ctx, output, resume, ray_address, num_cpus, progress,
+                _Background(inputs), warm_driver,
+                lambda: report.append(_Background(lambda: write_report(output, uri))),
+            )
+            errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
+            table, paths = report[0].result() if report else write_report(output, uri)
     print(table.to_markdown())
     print(f"\nreport: {paths['markdown']}\n        {paths['csv']}\n        {paths['plot']}")
     print(f"MLflow: {mlflow_ui_command(uri)}")
@@ -575,6 +578,26 @@ class _Once:
         fn, self._fn = self._fn, None
         if fn is not None:
             fn()
+
+
+@contextlib.contextmanager
+def _fork_not_vfork() -> Iterator[None]:
+    """Child processes started meanwhile by this process's threads use ``fork``, not
+    ``vfork``: while Ray runs, its main thread may set environment variables, and a child
+    of ``vfork`` reads the environment array through ``execv`` while it is reallocated
+    (EFAULT).  The processes started by the sweep's own threads are started before Ray; this
+    covers the libraries' (matplotlib asks ``fc-list`` for fonts on its first use)."""
+    import subprocess
+
+    before = getattr(subprocess, "_USE_VFORK", None)
+    if before is None:  # a Python without the switch
+        yield
+        return
+    subprocess._USE_VFORK = False
+    try:
+        yield
+    finally:
+        subprocess._USE_VFORK = before
 
 
 class _Background:

@@ -8,6 +8,7 @@ a running sweep with SIGKILL and resumes it, and runs a sweep on a two-node Ray 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -113,6 +114,34 @@ def test_trials_wait_for_the_inputs_marker(tmp_path):
         wait_for_inputs(tmp_path, progress=False)
 
 
+@contextlib.contextmanager
+def _churning_environment():
+    """Another thread sets and deletes environment variables without pause (as Ray's start
+    does now and then), growing and shrinking the process's environment array."""
+    import threading
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            os.environ[f"MEDAUG_TEST_CHURN_{i % 200}"] = "x" * (i % 40)
+            if i % 200 == 199:
+                for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
+                    del os.environ[name]
+            i += 1
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        churner.join()
+        for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
+            del os.environ[name]
+
+
 def test_shared_inputs_survive_a_changing_environment(tmp_path):
     """The shared inputs are prepared in a thread while Ray's start sets environment
     variables in the main one.  A child process started from that thread meanwhile failed
@@ -130,41 +159,47 @@ def test_shared_inputs_survive_a_changing_environment(tmp_path):
 
     data = tmp_path / "data"
     make_phantom(data, n_patients=12, image_size=32, workers=1, progress=False)
-    stop = threading.Event()
+    for round_ in range(3):
+        out = tmp_path / f"out{round_}"
+        out.mkdir()
+        cfg = load_config(None, [f"data.csv={data / 'train.csv'}", "data.image_size=32",
+                                 "data.num_loader_workers=2", f"data.cache_dir={out / 'cache'}"])
+        tracker = Tracker(default_tracking_uri(out), f"churn{round_}", "s1")
+        prepare = start_shared_inputs(tracker, cfg, out, smoke=False, progress=False)
+        with _churning_environment():
+            worker = threading.Thread(target=prepare)
+            worker.start()
+            worker.join(120)
+        assert json.loads((out / INPUTS_FILE).read_text()) == {"ok": True}
+        assert tracker.experiment_id is not None
+        assert len(list((out / "cache").iterdir())) >= 1
 
-    def churn() -> None:
-        i = 0
-        while not stop.is_set():
-            os.environ[f"MEDAUG_TEST_CHURN_{i % 200}"] = "x" * (i % 40)
-            if i % 200 == 199:
-                for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
-                    del os.environ[name]
-            i += 1
 
-    try:
-        for round_ in range(3):
-            out = tmp_path / f"out{round_}"
-            out.mkdir()
-            cfg = load_config(None, [f"data.csv={data / 'train.csv'}", "data.image_size=32",
-                                     "data.num_loader_workers=2", f"data.cache_dir={out / 'cache'}"])
-            tracker = Tracker(default_tracking_uri(out), f"churn{round_}", "s1")
-            prepare = start_shared_inputs(tracker, cfg, out, smoke=False, progress=False)
-            stop.clear()
-            churner = threading.Thread(target=churn, daemon=True)
-            churner.start()
+def test_children_of_threads_during_the_sweep_survive_a_changing_environment():
+    """While Ray runs, libraries may start children from other threads (matplotlib asks
+    fc-list for fonts): within the sweep they fork, and a changing environment no longer
+    breaks them; the switch is restored afterwards."""
+    import threading
+
+    from medaug.tune.sweep import _fork_not_vfork
+
+    before = subprocess._USE_VFORK
+    failures: list[OSError] = []
+
+    def spawn() -> None:
+        for _ in range(150):
             try:
-                worker = threading.Thread(target=prepare)
-                worker.start()
-                worker.join(120)
-            finally:
-                stop.set()
-                churner.join()
-            assert json.loads((out / INPUTS_FILE).read_text()) == {"ok": True}
-            assert tracker.experiment_id is not None
-            assert len(list((out / "cache").iterdir())) >= 1
-    finally:
-        for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
-            del os.environ[name]
+                subprocess.run(["true"], check=True)
+            except OSError as err:  # EFAULT from a vfork child
+                failures.append(err)
+
+    with _fork_not_vfork(), _churning_environment():
+        assert subprocess._USE_VFORK is False
+        spawner = threading.Thread(target=spawn)
+        spawner.start()
+        spawner.join()
+    assert subprocess._USE_VFORK is before
+    assert failures == []
 
 
 def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
