@@ -34,8 +34,8 @@ from medaug.eval.features import cached_features, extract_features
 from medaug.eval.linear_probe import train_linear_probes
 from medaug.eval.metrics import auc
 from medaug.eval.splits import evaluation_partitions, label_fraction_splits
-from medaug.moco.augment import eval_transform
-from medaug.moco.model import build_backbone
+from medaug.data.augment import eval_transform
+from medaug.models.backbones import build_backbone
 
 GOAL_CACHED_OVER_ONE_PASS = 1.5
 OBS = "Pleural Effusion"

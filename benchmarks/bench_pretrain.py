@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         """Milliseconds per step of what the real step adds to the encoders, timed alone
         (steadier than the difference of two noisy step times): the cache reads and
         augmentations of both views, and the loss's negatives plus the enqueue."""
-        from medaug.moco.augment import augment
+        from medaug.data.augment import augment
         from medaug.moco.negatives import contrastive_loss
 
         aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale)

@@ -43,6 +43,7 @@ class DataConfig:
 class PretrainConfig:
     """One MoCo v2 pretraining job (section 2 and Appendix B of the MedAug paper)."""
 
+    method: str = "moco"  # a name from medaug.methods (moco | mvmae) or package.module:Class
     criterion: str = "patient_same_study"
     distinct_only: bool = False
     size_match: str | None = None
@@ -66,6 +67,7 @@ class PretrainConfig:
     lr_milestones: list[int] = field(default_factory=lambda: [12, 18])
     lr_gamma: float = 0.1
     lr_schedule: str = "step"  # step | cosine | constant
+    grad_clip: float | None = None  # clip the gradient's global norm (MVMAE reference: 1.0)
     batch_size: int = 16  # per worker
     epochs: int = 20
     rotation: float = 10.0
@@ -341,7 +343,10 @@ def check_config(cfg: Config) -> None:
     if not (e.linear or e.e2e):
         raise MedaugError("both eval.linear and eval.e2e are false: nothing to evaluate")
     # Registries are checked where they live (lazy imports keep this module light).
+    from medaug.methods import check_method_name
     from medaug.pairs import check_criterion
+
+    check_method_name(p.method)
 
     check_criterion(p.criterion)
     if p.size_match is not None:

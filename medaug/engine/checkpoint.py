@@ -193,27 +193,39 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
 
 
 def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The pretrained query backbone of a checkpoint, for evaluation.
+    """The pretrained backbone of a checkpoint, for evaluation.
+
+    Every checkpoint holds the evaluated encoder's weights under one key (``backbone``),
+    whatever the method; checkpoints from before methods were pluggable hold a MoCo model
+    only, and their query backbone is read from it.
 
     Args:
         path: a run folder (its best checkpoint is used), a checkpoint folder or a state file.
 
     Returns:
-        (backbone, config): the query encoder without its projection head, as a plain
-        torchvision module on CPU in eval mode (N x 3 x S x S images -> N x D features), and
-        the saved config as a nested dict (``medaug.config.build_config`` rebuilds a Config).
+        (backbone, config): the encoder on CPU in eval mode (N x 3 x S x S images -> N x D
+        features; CNNs with ordinary BatchNorm, whatever pretraining used), and the saved
+        config as a nested dict (``medaug.config.build_config`` rebuilds a Config).
     """
-    from medaug.moco.model import build_backbone, extract_backbone_state
+    from medaug.config import build_config
+    from medaug.methods import get_method
 
     state = load_state(path)
-    cfg = state["config"]
-    # A plain torchvision backbone (ordinary BatchNorm, whatever bn_groups pretraining used),
-    # so fine-tuning normalises its batches as usual; random init, as the weights come from
-    # the checkpoint (no ImageNet file is needed to read one).
-    backbone, _ = build_backbone(cfg["pretrain"]["arch"], "random", None)
-    backbone.load_state_dict(extract_backbone_state(state["model"]))
+    saved = state["config"]
+    if "backbone" in state:
+        cfg = build_config(saved)
+        # Random init: the weights come from the checkpoint (no ImageNet file is needed).
+        backbone = get_method(cfg.pretrain.method).backbone_from_config(cfg)
+        backbone.load_state_dict(state["backbone"])
+    else:
+        from medaug.moco.model import extract_backbone_state
+        from medaug.models.backbones import build_backbone
+
+        backbone, _ = build_backbone(saved["pretrain"]["arch"], "random", None,
+                                     saved["data"]["image_size"])
+        backbone.load_state_dict(extract_backbone_state(state["model"]))
     backbone.eval()
-    return backbone, cfg
+    return backbone, saved
 
 
 # --- random number generator states ----------------------------------------------------------

@@ -1,15 +1,15 @@
-"""MoCo v2 pretraining with metadata-chosen positive pairs (MedAug), as a plain function.
+"""The pretraining loop, method-agnostic, as a plain function.
 
 One epoch: the pair sampler draws one partner x' for every anchor x; the anchors are taken
 in a seeded permutation, a global batch at a time (each worker its own slice of it); the
-query encoder sees an augmented x, the momentum key encoder an augmented x'; the loss owns
-the negatives; the queue receives the keys together with the KEY images' laterality,
-patient, study and row.  Every ``knn_every`` epochs a kNN classifier on frozen backbone
-features scores the target observation on validation images, and the best epoch is kept.
+registered method (:mod:`medaug.methods`: MoCo v2, the multi-view MAE, ...) computes the
+loss of one batch of (anchor rows, partner rows); this loop owns the schedule, the
+optimiser, mixed precision, gradient clipping, the distributed set-up, checkpoints with
+exact resume and the kNN monitor, which scores the target observation on frozen backbone
+features of the selection images every ``knn_every`` epochs and keeps the best epoch.
 
 No Ray here: :func:`pretrain` takes a ``report(metrics, checkpoint_dir)`` callable, and runs
-data-parallel whenever ``torch.distributed`` is initialised (DDP on the query encoder, keys
-and their metadata gathered across workers before enqueueing).
+data-parallel whenever ``torch.distributed`` is initialised (DDP on the method's module).
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def check_pretrain(cfg: Config) -> None:
         MedaugError: naming the key and the valid choices.
     """
     from medaug.config import check_config
-    from medaug.moco.model import check_arch
-    from medaug.moco.negatives import check_strategy
+    from medaug.methods import get_method
+    from medaug.models.backbones import check_arch
 
     check_config(cfg)
     p = cfg.pretrain
-    check_strategy(p.negatives)
-    check_arch(p.arch)
+    get_method(p.method).check(cfg)
+    check_arch(p.arch, cfg.data.image_size)
     check_optimizer(p.optimizer)
     check_schedule(p.lr_schedule)
     for key, value, low in (
@@ -137,90 +137,15 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
 def _as_number(x: Any) -> float | None:
     if x is None:
         return None
     x = float(x)
     return None if math.isnan(x) else x
-
-
-# ---------------------------------------------------------------------------------------------
-# One optimisation step.
-
-
-class TrainStep:
-    """One MoCo v2 step from table rows: read, augment, encode, loss, optimise, enqueue.
-
-    Everything runs batched on tensors: one read of the cache per view, one affine resample
-    per batch for the augmentations, the loss over the whole queue at once.
-
-    Args:
-        model: the MoCo model (unwrapped); net: the module called for (q, k), i.e. the DDP
-            wrapper of ``model`` when distributed, else ``model`` itself.
-        queue: the KeyQueue; optimizer, scaler: the optimiser and its AMP GradScaler.
-        data: the prepared dataset (images and metadata codes).
-        cfg: the config (pretrain section: augmentations, loss, temperature).
-        device: where the step runs; generator: the random source of augmentations, key
-            shuffles and loss sampling (on ``device``).
-    """
-
-    def __init__(self, model, net, queue, optimizer, scaler, data: PreparedData, cfg: Config,
-                 device: torch.device, generator: torch.Generator) -> None:
-        p = cfg.pretrain
-        self.model, self.net, self.queue = model, net, queue
-        self.optimizer, self.scaler = optimizer, scaler
-        self.cache = data.cache
-        self.device, self.generator = device, generator
-        self.use_amp = bool(p.amp and device.type == "cuda")
-        self.size = cfg.data.image_size
-        self.aug = dict(
-            hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
-            crop_ratio=tuple(p.crop_ratio),
-        )
-        self.loss_args = dict(t=p.reweight_t, m=p.n_hard)
-        self.strategy, self.temperature = p.negatives, p.temperature
-        self.view = torch.from_numpy(data.view)  # N
-        self.patient = torch.from_numpy(data.patient)  # N
-        self.study = torch.from_numpy(data.study)  # N
-
-    def __call__(self, rows_q: np.ndarray, rows_k: np.ndarray) -> tuple[torch.Tensor, dict]:
-        """Train on anchors ``rows_q`` paired with partners ``rows_k`` (B table rows each).
-
-        Returns:
-            the loss (a detached scalar tensor on the device) and the loss's stats.
-        """
-        from medaug.moco.augment import augment
-        from medaug.moco.negatives import contrastive_loss
-
-        device, gen = self.device, self.generator
-        # One sorted fancy-indexed read of the memmap per view (ImageCache.__getitem__).
-        x_q = torch.from_numpy(self.cache[rows_q]).to(device, non_blocking=True)  # B x S x S uint8
-        x_k = torch.from_numpy(self.cache[rows_k]).to(device, non_blocking=True)  # B x S x S uint8
-        x_q = augment(x_q, gen, self.size, **self.aug)  # B x 3 x S x S
-        x_k = augment(x_k, gen, self.size, **self.aug)  # B x 3 x S x S
-        q_view = self.view[rows_q].to(device)  # B
-
-        # MoCo's order: move the key encoder first, then encode; the loss sees the queue as
-        # it was before this batch's keys join it.
-        self.model.momentum_update()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
-            q, k = self.net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
-        loss, stats = contrastive_loss(
-            q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
-            **self.loss_args,
-        )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        # The queue takes the KEY images' metadata (x', not the anchor's), gathered across
-        # workers inside enqueue.
-        rows_k_t = torch.from_numpy(rows_k)
-        self.queue.enqueue(
-            k.detach(), self.view[rows_k_t].to(device), self.patient[rows_k_t].to(device),
-            self.study[rows_k_t].to(device), rows_k_t.to(device),
-        )
-        return loss.detach(), stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,8 +321,7 @@ def pretrain(
     Raises:
         MedaugError: bad settings, missing data, or too few anchors for one global batch.
     """
-    from medaug.moco.model import MoCo
-    from medaug.moco.queue import KeyQueue
+    from medaug.methods import get_method
     from medaug.pairs import PairSampler
 
     check_pretrain(cfg)
@@ -435,17 +359,17 @@ def pretrain(
         steps = min(steps, p.max_steps_per_epoch)
     lrs = lr_schedule(p.lr_schedule, p.lr, p.epochs, steps, p.lr_milestones, p.lr_gamma)
 
-    model = MoCo.from_config(p).to(device)
-    queue = KeyQueue(p.queue_size, p.head_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    queue = queue.to(device)
+    # One stream for the method's randomness (augmentations, key shuffles, masks, loss
+    # sampling); reseeded every epoch from (seed, epoch, rank), so an epoch's draws never
+    # depend on the epochs before it.
+    gen = torch.Generator(device=device)
+    method = get_method(p.method)(cfg, data, device, gen)
+    model = method.module
     optimizer = build_optimizer(
         p.optimizer, (q for q in model.parameters() if q.requires_grad), p.lr, p.weight_decay,
         p.sgd_momentum,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    # One stream for augmentations, key shuffles and loss sampling; reseeded every epoch
-    # from (seed, epoch, rank), so an epoch's draws never depend on the epochs before it.
-    gen = torch.Generator(device=device)
     monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
     if monitor is not None and monitor.problem and show:
         _say(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}")
@@ -468,9 +392,16 @@ def pretrain(
                 )
     if source is not None:
         state = ckpt.load_state(source, map_location="cpu")
+        if state.get("method") != method.name:
+            raise MedaugError(
+                f"checkpoint {source} was written by "
+                f"{'method ' + repr(state['method']) if 'method' in state else 'an older medaug'}"
+                f", not by pretraining method {method.name!r}: it can be evaluated but not "
+                "resumed; start the run again in a new output folder"
+            )
         _warn_config_changes(state["config"], cfg, source)
         model.load_state_dict(state["model"])
-        queue.load_state_dict(state["queue"])
+        method.load_extra_state(state["extra"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng(state["rng"], {"augment": gen})
@@ -494,13 +425,13 @@ def pretrain(
         )
 
     train_rows = data.train
-    train_step = TrainStep(model, net, queue, optimizer, scaler, data, cfg, device, gen)
     latest_dir: Path | None = ckpt.latest_checkpoint(out_dir) if rank == 0 else None
     metrics: dict[str, Any] = {}
 
     for epoch in range(start_epoch, p.epochs):
         model.train()
         gen.manual_seed(_seed(cfg.seed, epoch, rank, 0x617567))
+        method.begin_epoch(epoch, p.epochs)
         order = np.random.default_rng(_seed(cfg.seed, epoch, 0x6F7264)).permutation(len(index))
         partners = sampler.sample(epoch)  # A train positions, aligned with index.anchors
         used = order[: steps * global_batch]  # anchors (index positions) of this epoch
@@ -508,7 +439,7 @@ def pretrain(
         partner_rows = train_rows[partners[used]]  # steps*G table rows
         n_fallback = int(index.fallback[used].sum())
 
-        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, steps, neg fb, short
+        totals: dict[str, torch.Tensor] = {}  # loss and the method's stats, summed over steps
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{p.epochs}", file=sys.stderr,
                    disable=not show, leave=False, mininterval=2.0)
         t0 = time.perf_counter()
@@ -517,26 +448,41 @@ def pretrain(
             set_lr(optimizer, float(lrs[global_step]))
             mine = slice(step * global_batch + rank * p.batch_size,
                          step * global_batch + (rank + 1) * p.batch_size)
-            rows_q, rows_k = anchor_rows[mine], partner_rows[mine]  # B, B
-            loss, stats = train_step(rows_q, rows_k)
+            rows_a, rows_b = anchor_rows[mine], partner_rows[mine]  # B, B
+            optimizer.zero_grad(set_to_none=True)
+            loss, stats = method.step(net, rows_a, rows_b)
+            scaler.scale(loss).backward()
+            if p.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step()
+            loss = loss.detach()
 
             # Accumulated on the device: no host synchronisation per step.
-            totals[0] += loss.double()
-            totals[1] += 1
-            totals[2] += stats["n_fallback"]
-            totals[3] += stats["n_short"]
+            for name, value in (("loss", loss), *stats.items()):
+                value = torch.as_tensor(value, dtype=torch.float64, device=device).detach()
+                totals[name] = totals[name] + value if name in totals else value
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
         elapsed = time.perf_counter() - t0
         bar.close()
+        names = sorted(totals)  # the same on every worker: the method returns fixed names
+        summed = torch.stack([totals[n] for n in names]) if names else torch.zeros(0)
         if distributed:
-            dist.all_reduce(totals)  # sums over workers
+            dist.all_reduce(summed)  # sums over workers
             # The slowest worker sets the pace (and every worker reports the same figure).
             slowest = torch.tensor([elapsed], dtype=torch.float64, device=device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             elapsed = float(slowest.item())
-        totals = totals.cpu()
+        # Counts ("n_*") are summed over steps and workers; loss and other stats averaged.
+        n_steps = steps * world
+        epoch_stats = {
+            n: float(v) if n.startswith("n_") else float(v) / max(n_steps, 1)
+            for n, v in zip(names, summed.cpu().tolist(), strict=True)
+        }
 
         completed = epoch + 1
         knn = None
@@ -544,7 +490,7 @@ def pretrain(
             # On the device: NCCL only moves CUDA tensors.
             value = torch.tensor([math.nan], dtype=torch.float64, device=device)
             if rank == 0:
-                auc = monitor(model.backbone())
+                auc = monitor(method.eval_backbone())
                 value[0] = math.nan if auc is None else auc
             if distributed:
                 dist.broadcast(value, src=0)  # all workers report the same metrics
@@ -555,12 +501,11 @@ def pretrain(
 
         metrics = {
             "epoch": completed,
-            "loss": float(totals[0] / max(totals[1], 1)),
+            "loss": epoch_stats.pop("loss"),
             "lr": float(lrs[epoch * steps + steps - 1]),
             "images_per_s": steps * global_batch / max(elapsed, 1e-9),
             "n_fallback_pairs": n_fallback,
-            "n_neg_fallback": int(totals[2]),
-            "n_neg_short": int(totals[3]),
+            **{n: int(v) if n.startswith("n_") else v for n, v in epoch_stats.items()},
             "knn_auc": knn,
             "best_epoch": best["epoch"],
             "best_knn_auc": best["knn_auc"],
@@ -577,8 +522,11 @@ def pretrain(
                 state = {
                     "epoch": completed,
                     "global_step": completed * steps,
+                    "method": method.name,
                     "model": model.state_dict(),
-                    "queue": queue.state_dict(),
+                    "extra": method.extra_state(),
+                    # The evaluated encoder under one key, whatever the method's prefixes.
+                    "backbone": method.eval_backbone().state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
                     "rng": ckpt.capture_rng({"augment": gen}),
@@ -602,7 +550,7 @@ def pretrain(
                     f"epoch {completed}/{p.epochs}  loss {metrics['loss']:.4f}  "
                     f"lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s  "
                     f"knn_auc {knn_text}  fallback pairs {n_fallback}  "
-                    f"neg fallback {metrics['n_neg_fallback']}  neg short {metrics['n_neg_short']}",
+                    + "  ".join(f"{n} {_fmt(v)}" for n, v in epoch_stats.items()),
                 )
         if report is not None:
             report(dict(metrics), written)

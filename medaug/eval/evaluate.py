@@ -69,7 +69,7 @@ def eval_backbone(
                 "arch": saved.get("pretrain", {}).get("arch"),
                 "criterion": saved.get("pretrain", {}).get("criterion")}
     else:
-        from medaug.moco.model import build_backbone
+        from medaug.models.backbones import build_backbone
 
         check_baseline(baseline)
         weights = None
@@ -84,11 +84,12 @@ def eval_backbone(
                 raise MedaugError(f"pretrain.weights file {weights} does not exist")
         # The same seed gives the same random encoder in every process (driver and workers).
         torch.manual_seed(cfg.seed)
-        backbone, _ = build_backbone(cfg.pretrain.arch, baseline, weights)
+        backbone, _ = build_backbone(cfg.pretrain.arch, baseline, weights, cfg.data.image_size)
         info = {"source": "baseline", "name": baseline, "arch": cfg.pretrain.arch}
     backbone.eval()
-    with torch.no_grad():
-        dim = int(backbone(torch.zeros(1, 3, 32, 32)).shape[1])  # 1 x D
+    with torch.no_grad():  # at the size evaluation feeds it (a ViT takes no other)
+        size = cfg.data.image_size
+        dim = int(backbone(torch.zeros(1, 3, size, size)).shape[1])  # 1 x D
     return backbone, dim, info
 
 

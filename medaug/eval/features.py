@@ -54,7 +54,7 @@ def default_device() -> torch.device:
 
 def default_transform() -> Transform:
     """The evaluation transform of pretraining (resize, 3 channels, normalise)."""
-    from medaug.moco.augment import eval_transform
+    from medaug.data.augment import eval_transform
 
     return eval_transform
 

@@ -96,7 +96,7 @@ def predict(
     amp: bool,
 ) -> np.ndarray:
     """Sigmoid scores of ``model`` on ``images[rows]`` in eval mode: len(rows) x O."""
-    from medaug.moco.augment import eval_transform
+    from medaug.data.augment import eval_transform
 
     was = model.training
     model.eval()
@@ -177,7 +177,7 @@ def finetune(
         {"test_scores": N_test x O array (rank 0; None elsewhere), "best_epoch": int,
         "select_auc": per-observation AUC of the kept epoch, "history": per-epoch metrics}.
     """
-    from medaug.moco.augment import augment
+    from medaug.data.augment import augment
 
     s = settings
     if s.batch_size % world_size:

@@ -1,4 +1,4 @@
-"""MoCo v2 with metadata-aware negatives: encoders, key queue, negative strategies, augmentations.
+"""MoCo v2 with metadata-aware negatives: encoders, key queue, negative strategies.
 
 Names load on first use: checking a strategy name imports torch, not torchvision.
 """
@@ -8,15 +8,10 @@ from __future__ import annotations
 from medaug._lazy import lazy_getattr
 
 _LAZY = {
-    "BatchAugment": "medaug.moco.augment",
-    "augment": "medaug.moco.augment",
-    "eval_transform": "medaug.moco.augment",
     "MoCo": "medaug.moco.model",
     "ProjectionHead": "medaug.moco.model",
-    "build_backbone": "medaug.moco.model",
     "concat_all_gather": "medaug.moco.model",
     "extract_backbone_state": "medaug.moco.model",
-    "list_archs": "medaug.moco.model",
     "momentum_update": "medaug.moco.model",
     "check_strategy": "medaug.moco.negatives",
     "contrastive_loss": "medaug.moco.negatives",

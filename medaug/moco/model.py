@@ -16,126 +16,16 @@ batch-split BN (``bn_groups``) with the key batch shuffled across the groups.
 from __future__ import annotations
 
 import copy
-import re
 from collections import OrderedDict
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 from medaug.errors import MedaugError
 from medaug.moco.bn import convert_plain_bn, convert_split_bn
-
-# name -> (constructor, name of the classifier attribute replaced by Identity)
-_ARCHS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "resnet18": (torchvision.models.resnet18, "fc"),
-    "resnet50": (torchvision.models.resnet50, "fc"),
-    "densenet121": (torchvision.models.densenet121, "classifier"),
-}
-INITS = ("random", "imagenet")
-
-
-def list_archs() -> list[str]:
-    """Names of the registered backbones."""
-    return list(_ARCHS)
-
-
-def check_arch(name: str) -> str:
-    """Return ``name`` if it is a registered backbone, else raise a MedaugError listing them."""
-    if name not in _ARCHS:
-        raise MedaugError(f"unknown backbone {name!r} (pretrain.arch); valid: {', '.join(_ARCHS)}")
-    return name
-
-
-# Old DenseNet checkpoints name layers "norm.1"; torchvision modules call them "norm1".
-_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the user's to fix
-        raise MedaugError(f"cannot read weights file {path}: {err}".splitlines()[0]) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise MedaugError(
-            f"weights file {path} holds no state dict (expected a mapping of tensors, "
-            "possibly under 'state_dict' or 'model')"
-        )
-    out = {}
-    for key, value in obj.items():
-        key = key.removeprefix("module.")  # saved from DataParallel/DDP
-        key = _DENSENET_KEY.sub(r"\1\2", key)
-        out[key] = value
-    return out
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path, classifier: str) -> None:
-    """Load a local torchvision-style state dict into ``model`` (``classifier.*`` keys dropped:
-    the model's classifier is already an Identity).
-
-    Raises:
-        MedaugError: the file is missing or unreadable, or its keys/shapes do not fit.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MedaugError(
-            f"weights file {path} does not exist (pretrain.weights; weights are never downloaded)"
-        )
-    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(f"{classifier}.")}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if keys:
-                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
-        raise MedaugError(
-            f"weights file {path} does not fit {type(model).__name__}: {'; '.join(parts)}"
-        )
-    model.load_state_dict(state)
-
-
-def build_backbone(
-    arch: str = "resnet18", init: str = "random", weights: str | None = None
-) -> tuple[nn.Module, int]:
-    """A torchvision backbone returning N x D features (its classifier replaced by Identity).
-
-    Args:
-        arch: a name from :func:`list_archs`.
-        init: "random" or "imagenet"; "imagenet" loads the local file ``weights`` (a plain
-            state dict or a dict holding one under "state_dict"/"model"); nothing is ever
-            downloaded.
-        weights: path of the weights file for ``init="imagenet"``.
-
-    Returns:
-        The backbone (input N x 3 x H x W) and its feature dimension D.
-    """
-    ctor, classifier = _ARCHS[check_arch(arch)]
-    if init not in INITS:
-        raise MedaugError(f"unknown init {init!r} (pretrain.init); valid: {', '.join(INITS)}")
-    model = ctor(weights=None)
-    dim = getattr(model, classifier).in_features
-    setattr(model, classifier, nn.Identity())
-    if init == "imagenet":
-        if not weights:
-            raise MedaugError("init = imagenet needs a local weights file (pretrain.weights)")
-        load_backbone_weights(model, weights, classifier)
-    return model, dim
+from medaug.models.backbones import build_backbone
 
 
 class ProjectionHead(nn.Sequential):

@@ -10,7 +10,7 @@ import torch
 from medaug.config import build_config
 from medaug.engine.checkpoint import best_checkpoint, load_backbone, load_state
 from medaug.engine.data import pair_index, prepare_data
-from medaug.engine.pretrain import KnnMonitor, TrainStep, check_pretrain, pretrain
+from medaug.engine.pretrain import KnnMonitor, check_pretrain, pretrain
 from medaug.errors import MedaugError
 
 
@@ -78,10 +78,12 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
 
     a = load_state(tmp_path / "a" / "checkpoints" / "epoch_0002")
     b = load_state(tmp_path / "b" / "checkpoints" / "epoch_0002")
-    for part in ("model", "queue"):
+    for part in ("model", "backbone"):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for key in a["extra"]["queue"]:
+        assert torch.equal(a["extra"]["queue"][key], b["extra"]["queue"][key]), f"queue.{key}"
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         for key in pa:
             assert torch.equal(torch.as_tensor(pa[key]), torch.as_tensor(pb[key]))
@@ -107,37 +109,6 @@ def test_resume_false_starts_over(tiny_config, tmp_path):
     assert best_checkpoint(tmp_path).name == "epoch_0001"
 
 
-def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
-    from medaug.engine.schedule import build_optimizer
-    from medaug.moco.model import MoCo
-    from medaug.moco.queue import KeyQueue
-
-    cfg = tiny_config("pretrain.negatives=same_lat_only")
-    data = prepare_data(cfg, tmp_path, progress=False)
-    # Anchors paired with images of another patient and, where possible, another laterality,
-    # so the anchor's and the partner's metadata differ in every field.
-    rows_q = data.train[:8]
-    others = [r for r in data.train if data.patient[r] not in set(data.patient[rows_q])]
-    rows_k = np.array(sorted(others, key=lambda r: data.view[r] == data.view[rows_q[0]])[:8])
-    model = MoCo.from_config(cfg.pretrain)
-    queue = KeyQueue(64, cfg.pretrain.head_dim)
-    opt = build_optimizer("adam", (p for p in model.parameters() if p.requires_grad), 1e-4, 0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    gen = torch.Generator().manual_seed(0)
-    step = TrainStep(model, model, queue, opt, scaler, data, cfg, torch.device("cpu"), gen)
-    loss, stats = step(rows_q, rows_k)
-
-    assert math.isfinite(float(loss)) and set(stats) >= {"n_fallback", "n_short"}
-    assert int(queue.ptr) == 8
-    assert queue.view[:8].tolist() == data.view[rows_k].tolist()
-    assert queue.patient[:8].tolist() == data.patient[rows_k].tolist()
-    assert queue.study[:8].tolist() == data.study[rows_k].tolist()
-    assert queue.image[:8].tolist() == rows_k.tolist()
-    assert (queue.patient[:8] != torch.from_numpy(data.patient[rows_q])).all()
-    assert (queue.view[8:] == -1).all()
-    torch.testing.assert_close(queue.keys[:8].norm(dim=1), torch.ones(8))
-
-
 def test_fallback_pairs_are_counted(tiny_config, tmp_path):
     """With every anchor used once, the count equals a brute-force one from the metadata."""
     cfg0 = tiny_config("pretrain.criterion=patient_distinct_studies")
@@ -161,7 +132,7 @@ def test_knn_monitor_matches_a_brute_force_knn(tiny_run, tiny_config):
     """The monitor's AUC of epoch 2, recomputed with sklearn from the epoch-2 weights."""
     from sklearn.metrics import roc_auc_score
 
-    from medaug.moco.augment import eval_transform
+    from medaug.data.augment import eval_transform
 
     tmp_path, summary, _ = tiny_run
     cfg = tiny_config()

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
+from medaug.data.augment import eval_transform
 from medaug.eval.features import cached_features, extract_features, module_hash
-from medaug.moco.augment import eval_transform
-from medaug.moco.model import build_backbone
+from medaug.models.backbones import build_backbone
 
 
 def _setup():

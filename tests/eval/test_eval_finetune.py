@@ -6,7 +6,7 @@ import torch
 from medaug.eval.features import module_hash
 from medaug.eval.finetune import FinetuneData, FinetuneSettings, finetune
 from medaug.eval.metrics import auc
-from medaug.moco.model import build_backbone
+from medaug.models.backbones import build_backbone
 
 
 def _data():

@@ -8,7 +8,7 @@ from torch import nn
 
 from medaug.errors import MedaugError
 from medaug.moco.bn import SplitBatchNorm2d, convert_split_bn
-from medaug.moco.model import build_backbone
+from medaug.models.backbones import build_backbone
 
 
 def _layers(c=3, groups=2):

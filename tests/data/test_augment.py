@@ -5,7 +5,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from medaug.moco.augment import (
+from medaug.data.augment import (
     MEAN,
     STD,
     AugmentParams,
