@@ -57,6 +57,12 @@ class Method:
     def check(cls, cfg: Config) -> None:
         """Checks of the method's own settings, before any work (raise MedaugError)."""
 
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: by default every parameter of ``module`` that
+        requires a gradient, with ``weight_decay``."""
+        params = [q for q in self.module.parameters() if q.requires_grad]
+        return [{"params": params, "weight_decay": weight_decay}]
+
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """Called before the first step of every epoch (0-based ``epoch`` of ``epochs``)."""
 

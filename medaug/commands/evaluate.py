@@ -72,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
         saved.pop("eval", None)  # the protocol comes from the defaults and --set, not the run
         cfg = build_config(saved, args.overrides)
     out_dir = Path(args.output) if args.output else Path(cfg.output) / "eval"
+    runner = None
+    if cfg.eval.e2e and cfg.eval.e2e_ray:
+        from medaug.tune.finetune_trainer import run_finetune_ray as runner
     results = evaluate(cfg, args.checkpoint, out_dir, baseline=args.baseline,
-                       progress=not args.quiet)
+                       progress=not args.quiet, finetune_runner=runner)
     print(format_table(results))
     print(f"\nresults: {out_dir / 'results.json'}")
     if results.get("roc_png"):

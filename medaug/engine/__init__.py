@@ -2,7 +2,7 @@
 
 * :mod:`medaug.engine.data`: table, image cache and pair index of a job (shared with
   evaluation);
-* :mod:`medaug.engine.pretrain`: the MoCo v2 loop and its kNN monitor;
+* :mod:`medaug.engine.pretrain`: the method-agnostic pretraining loop (``pretrain``);
 * :mod:`medaug.engine.checkpoint`: checkpoints on disk, exact resume, the best checkpoint;
 * :mod:`medaug.engine.schedule`: optimisers and learning-rate schedules by name.
 
@@ -17,8 +17,6 @@ _LAZY = {
     "PreparedData": "medaug.engine.data",
     "prepare_data": "medaug.engine.data",
     "pair_index": "medaug.engine.data",
-    "pretrain": "medaug.engine.pretrain",
-    "pretrain_local": "medaug.engine.pretrain",
     "check_pretrain": "medaug.engine.pretrain",
     "load_backbone": "medaug.engine.checkpoint",
     "best_checkpoint": "medaug.engine.checkpoint",

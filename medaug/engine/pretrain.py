@@ -69,12 +69,10 @@ def check_pretrain(cfg: Config) -> None:
         MedaugError: naming the key and the valid choices.
     """
     from medaug.config import check_config
-    from medaug.methods import get_method
     from medaug.models.backbones import check_arch
 
-    check_config(cfg)
+    check_config(cfg)  # the generic rules and the chosen method's own
     p = cfg.pretrain
-    get_method(p.method).check(cfg)
     check_arch(p.arch, cfg.data.image_size)
     check_optimizer(p.optimizer)
     check_schedule(p.lr_schedule)
@@ -357,7 +355,8 @@ def pretrain(
         )
     if p.max_steps_per_epoch is not None:
         steps = min(steps, p.max_steps_per_epoch)
-    lrs = lr_schedule(p.lr_schedule, p.lr, p.epochs, steps, p.lr_milestones, p.lr_gamma)
+    lrs = lr_schedule(p.lr_schedule, p.lr, p.epochs, steps, p.lr_milestones, p.lr_gamma,
+                      warmup_epochs=p.warmup_epochs)
 
     # One stream for the method's randomness (augmentations, key shuffles, masks, loss
     # sampling); reseeded every epoch from (seed, epoch, rank), so an epoch's draws never
@@ -366,8 +365,7 @@ def pretrain(
     method = get_method(p.method)(cfg, data, device, gen)
     model = method.module
     optimizer = build_optimizer(
-        p.optimizer, (q for q in model.parameters() if q.requires_grad), p.lr, p.weight_decay,
-        p.sgd_momentum,
+        p.optimizer, method.param_groups(p.weight_decay), p.lr, p.weight_decay, p.sgd_momentum
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
@@ -580,8 +578,3 @@ def _summary(
         "final_loss": last.get("loss"),
         "history": history,
     }
-
-
-def pretrain_local(cfg: Config, out_dir: str | Path, resume: bool = True) -> dict:
-    """Pretraining in this process, without Ray (same as :func:`pretrain` without report)."""
-    return pretrain(cfg, out_dir, None, resume)

@@ -58,6 +58,7 @@ def lr_schedule(
     steps_per_epoch: int,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    warmup_epochs: int = 0,
 ) -> np.ndarray:
     """Learning rate of every optimiser step of a run.
 
@@ -68,6 +69,10 @@ def lr_schedule(
         epochs, steps_per_epoch: the run's length.
         milestones: 0-based epochs at which the step schedule decays.
         gamma: the step schedule's decay factor.
+        warmup_epochs: the first ``warmup_epochs * steps_per_epoch`` steps rise linearly,
+            step w of W at ``base_lr * (w + 1) / W``; the named schedule runs over the steps
+            after them (so a cosine still ends at 0 and step milestones still count epochs
+            from the start).
 
     Returns:
         float64 array of length ``epochs * steps_per_epoch``, indexed by the global step.
@@ -77,7 +82,17 @@ def lr_schedule(
         raise MedaugError(
             f"lr schedule needs at least one epoch and one step (got {epochs} x {steps_per_epoch})"
         )
-    return SCHEDULES[name](float(base_lr), epochs, steps_per_epoch, list(milestones), gamma)
+    if not 0 <= warmup_epochs < epochs:
+        raise MedaugError(
+            f"pretrain.warmup_epochs must lie in [0, epochs), got {warmup_epochs} of {epochs}"
+        )
+    lrs = SCHEDULES[name](float(base_lr), epochs, steps_per_epoch, list(milestones), gamma)
+    warm = warmup_epochs * steps_per_epoch
+    if warm:
+        if name == "cosine":  # the half-cosine spans the steps after the warm-up
+            lrs[warm:] = _cosine(float(base_lr), epochs - warmup_epochs, steps_per_epoch, [], gamma)
+        lrs[:warm] = base_lr * (np.arange(warm) + 1.0) / warm
+    return lrs
 
 
 def _adam(params, lr, weight_decay, momentum):

@@ -35,6 +35,10 @@ BASELINES: tuple[str, ...] = ("random", "imagenet")
 RESULTS_FILE = "results.json"
 KINDS: tuple[str, ...] = ("linear", "e2e")
 
+# (cfg, out_dir, split, checkpoint, baseline, FinetuneData, FinetuneSettings, state_path,
+#  progress=...) -> {"test_scores", "best_epoch", "select_auc"}
+FinetuneRunner = Callable[..., dict[str, Any]]
+
 
 def check_baseline(name: str) -> str:
     if name not in BASELINES:
@@ -203,6 +207,7 @@ def evaluate(
     baseline: str | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    finetune_runner: FinetuneRunner | None = None,
 ) -> dict[str, Any]:
     """Nested label-scarce evaluation of a checkpoint or a baseline encoder.
 
@@ -215,6 +220,10 @@ def evaluate(
         baseline: "random" or "imagenet" instead of a checkpoint.
         report: called with a flat dict after the linear probe and after each fine-tuned
             split (``{"kind", "split", "observation", "auc", "ci_low", "ci_high"}``).
+        progress: progress bars on stderr.
+        finetune_runner: runs one split's end-to-end fine-tuning elsewhere (the Ray Train
+            one is ``medaug.tune.finetune_trainer.run_finetune_ray``); None fine-tunes in
+            this process.
 
     Returns:
         the results dict, as written to ``out_dir/results.json``.
@@ -293,7 +302,7 @@ def evaluate(
             if all(any(r["split"] == i for r in entry[obs]["per_split"]) for obs in observations):
                 continue  # done in an earlier run
             scores, meta = _finetune_split(cfg, checkpoint, baseline, backbone, dim, data,
-                                           i, rows, parts, out_dir, progress)
+                                           i, rows, parts, out_dir, progress, finetune_runner)
             _save_npz(out_dir / "scores" / f"e2e_split{i}.npz", scores=scores,
                       rows=parts["test"], labels=test.labels, mask=test.mask,
                       studies=test.studies.astype(str))
@@ -371,8 +380,8 @@ def _linear(cfg, backbone, encoder_hash, data, splits, parts, test, out_dir, dev
 
 
 def _finetune_split(cfg, checkpoint, baseline, backbone, dim, data, i, rows, parts, out_dir,
-                    progress):
-    """Fine-tune one split, in-process or on Ray Train workers; returns (N_test x O, meta)."""
+                    progress, runner):
+    """Fine-tune one split, in this process or through ``runner``; (N_test x O, meta)."""
     from medaug.eval.finetune import FinetuneData, finetune, finetune_settings
 
     observations = list(cfg.eval.observations)
@@ -381,11 +390,9 @@ def _finetune_split(cfg, checkpoint, baseline, backbone, dim, data, i, rows, par
     fdata = FinetuneData(data.cache, rows, y, m, parts["select"], ys, ms, parts["test"])
     settings = finetune_settings(cfg, data.image_size, i)
     state_path = out_dir / "e2e" / f"split{i}" / "state.pt"
-    if cfg.eval.e2e_ray:
-        from medaug.tune.finetune_trainer import run_finetune_ray
-
-        out = run_finetune_ray(cfg, out_dir, i, checkpoint, baseline, fdata, settings,
-                               state_path, progress=progress)
+    if runner is not None:
+        out = runner(cfg, out_dir, i, checkpoint, baseline, fdata, settings, state_path,
+                     progress=progress)
     else:
         out = finetune(backbone, dim, fdata, settings, state_path=state_path, progress=progress)
     return out["test_scores"], out

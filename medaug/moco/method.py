@@ -8,19 +8,21 @@ partner's laterality, patient, study and row: not the anchor's).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from medaug.config import Config
 from medaug.data.augment import augment
-from medaug.engine.data import PreparedData
 from medaug.errors import MedaugError
 from medaug.methods import Method
 from medaug.moco.model import MoCo
 from medaug.moco.negatives import check_strategy, contrastive_loss
 from medaug.moco.queue import KeyQueue
+
+if TYPE_CHECKING:
+    from medaug.engine.data import PreparedData
 from medaug.models.backbones import build_backbone
 
 
@@ -60,6 +62,12 @@ class MocoMethod(Method):
                 f"pretrain.queue_size ({p.queue_size}) must be divisible by the global batch "
                 f"(batch_size {p.batch_size} x num_workers {p.num_workers} = {global_batch})"
             )
+        if p.bn_groups < 1 or p.batch_size % p.bn_groups:
+            raise MedaugError(
+                f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
+            )
+        if not 0.0 < p.reweight_t < 1.0:
+            raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")
 
     def step(self, net: torch.nn.Module, rows_a: np.ndarray, rows_b: np.ndarray
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, build_config, config_to_dict
-from medaug.engine.pretrain import pretrain_local
 from medaug.errors import MedaugError
 
-__all__ = ["run_pretrain_ray", "pretrain_local"]
+__all__ = ["run_pretrain_ray"]
 
 RAY_DIR = "ray"
 RUN_NAME = "pretrain"

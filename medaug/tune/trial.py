@@ -173,6 +173,7 @@ def _run_stages(
     spec: TrialSpec, cfg: Config, folder: Path, tracker: Tracker, run_id: str, ctx: SweepContext
 ) -> dict[str, Any]:
     from medaug.eval.evaluate import evaluate
+    from medaug.tune.finetune_trainer import run_finetune_ray
 
     metrics: dict[str, Any] = {}
     checkpoint: Path | None = None
@@ -192,7 +193,9 @@ def _run_stages(
         tracker.set_tags(run_id, {"checkpoint": str(checkpoint)})
 
     eval_dir = folder / "eval"
-    results = evaluate(cfg, checkpoint, eval_dir, baseline=spec.baseline, progress=ctx.progress)
+    runner = run_finetune_ray if cfg.eval.e2e_ray else None
+    results = evaluate(cfg, checkpoint, eval_dir, baseline=spec.baseline, progress=ctx.progress,
+                       finetune_runner=runner)
     target = cfg.data.target if cfg.data.target in cfg.eval.observations else cfg.eval.observations[0]
     metrics.update(result_metrics(results, target))
     tracker.log_metrics(run_id, metrics)

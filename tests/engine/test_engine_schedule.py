@@ -1,5 +1,7 @@
 """Learning-rate schedules and optimisers against torch's own schedulers."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,19 @@ def test_every_schedule_is_positive_and_non_increasing():
     for name in SCHEDULES:
         lrs = lr_schedule(name, 1e-3, 5, 4, [2], 0.5)
         assert (lrs >= 0).all() and (np.diff(lrs) <= 1e-18).all()
+
+
+def test_warmup_then_cosine_matches_a_direct_computation():
+    """MAE's recipe: linear warm-up over W epochs, then a half-cosine to 0 over the rest."""
+    epochs, steps, warm_epochs, base = 5, 4, 2, 0.3
+    lrs = lr_schedule("cosine", base, epochs, steps, warmup_epochs=warm_epochs)
+    warm, rest = warm_epochs * steps, (epochs - warm_epochs) * steps
+    expected = [base * (i + 1) / warm for i in range(warm)]
+    expected += [base * 0.5 * (1 + math.cos(math.pi * j / rest)) for j in range(rest)]
+    np.testing.assert_allclose(lrs, expected, rtol=0, atol=1e-15)
+    # The step schedule keeps its milestones in epochs from the start.
+    step = lr_schedule("step", base, epochs, steps, milestones=[3], warmup_epochs=1)
+    np.testing.assert_allclose(step[:4], [base / 4, base / 2, 3 * base / 4, base])
+    assert step[3 * steps - 1] == base and step[3 * steps] == pytest.approx(base * 0.1)
+    with pytest.raises(MedaugError, match="warmup_epochs must lie in"):
+        lr_schedule("cosine", base, epochs, steps, warmup_epochs=5)
