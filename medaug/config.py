@@ -46,6 +46,7 @@ class PretrainConfig:
     criterion: str = "patient_same_study"
     distinct_only: bool = False
     size_match: str | None = None
+    anchors_with: str | None = None  # only anchors with a partner (not x) under this criterion
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
     crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
     negatives: str = "default"
@@ -344,8 +345,9 @@ def check_config(cfg: Config) -> None:
     from medaug.pairs import check_criterion
 
     check_criterion(p.criterion)
-    if p.size_match is not None:
-        check_criterion(p.size_match)
+    for name in (p.size_match, p.anchors_with):
+        if name is not None:
+            check_criterion(name)
     from medaug.moco.names import BUILTIN_STRATEGIES
 
     if p.negatives in BUILTIN_STRATEGIES:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from medaug.data.load import parse_column_map
+from medaug.data.load import parse_column_map, parse_value_map
 from medaug.errors import MedaugError
 
 DATASETS = ("chexpert", "mimic", "nih", "csv")
@@ -31,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CANONICAL=COLUMN",
         help="column names of a generic CSV (e.g. patient_id=subject)",
     )
+    data.add_argument(
+        "--map-values",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="COLUMN:RAW=CANONICAL,...",
+        help="what a generic CSV's view / projection values stand for "
+        "(e.g. projection:L=LATERAL,AP_horizontal=AP,COSTAL=other)",
+    )
     pairs = parser.add_argument_group("pairs")
     pairs.add_argument("--criterion", required=True, help=f"one of: {', '.join(list_criteria())}")
     pairs.add_argument(
@@ -38,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pairs.add_argument(
         "--size-match", default=None, metavar="NAME", help="cut sets to this criterion's sizes"
+    )
+    pairs.add_argument(
+        "--anchors-with",
+        default=None,
+        metavar="NAME",
+        help="keep only anchors with a partner other than themselves under this criterion",
     )
     pairs.add_argument(
         "--label", default=None, metavar="OBSERVATION", help="e.g. 'Pleural Effusion'"
@@ -59,12 +74,20 @@ def summary(stats: dict) -> str:
         opts.append("distinct images only")
     if stats["size_match"]:
         opts.append(f"size-matched to {stats['size_match']}")
+    if stats.get("anchors_with"):
+        opts.append(f"anchors with a partner under {stats['anchors_with']}")
     lines = [
         f"criterion {stats['criterion']}"
         + (f" ({', '.join(opts)})" if opts else "")
         + f" on {stats['n_images']} images, {stats['n_patients']} patients, "
         f"{stats['n_studies']} studies",
-        f"anchors {stats['n_anchors']} (skipped {stats['n_skipped']}); "
+        f"anchors {stats['n_anchors']} (skipped {stats['n_skipped']}"
+        + (
+            f", of which {stats['n_restricted']} without a partner under {stats['anchors_with']}"
+            if stats.get("anchors_with")
+            else ""
+        )
+        + "); "
         f"fallback to the image itself {stats['n_fallback']} ({100 * stats['n_fallback'] / n:.1f}%); "
         f"with another image {stats['n_with_other']} ({100 * stats['n_with_other'] / n:.1f}%)",
         f"set size: mean {stats['mean_set_size']:.3f}, max {stats['max_set_size']}",
@@ -94,11 +117,13 @@ def run(args: argparse.Namespace) -> int:
     from medaug.pairs.criteria import check_criterion
 
     check_criterion(args.criterion)
-    if args.size_match is not None:
-        check_criterion(args.size_match)
+    for name in (args.size_match, args.anchors_with):
+        if name is not None:
+            check_criterion(name)
     if args.label is not None:
         check_observation(args.label)
     column_map = parse_column_map(args.map)
+    value_map = parse_value_map(args.map_values)
     csv = Path(args.csv)
     if not csv.exists():
         raise MedaugError(f"CSV file {csv} does not exist")
@@ -107,12 +132,13 @@ def run(args: argparse.Namespace) -> int:
     from medaug.pairs.index import build_pair_index
     from medaug.pairs.stats import pair_stats
 
-    table = load_table(args.dataset, csv, column_map=column_map)
+    table = load_table(args.dataset, csv, column_map=column_map, value_map=value_map or None)
     index = build_pair_index(
         table,
         args.criterion,
         distinct_only=args.distinct_only,
         size_match=args.size_match,
+        anchors_with=args.anchors_with,
         label=args.label,
         uncertain=args.uncertain,
         seed=args.seed,

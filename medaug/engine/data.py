@@ -150,6 +150,7 @@ def pair_index(data: PreparedData, cfg: Config):
         p.criterion,
         distinct_only=p.distinct_only,
         size_match=p.size_match,
+        anchors_with=p.anchors_with,
         label=cfg.data.target,
         uncertain=cfg.data.uncertain,
         seed=cfg.seed,

@@ -30,9 +30,14 @@ class PairIndex:
         indices: nnz int64 row positions of the partners (ascending within each set).
         fallback: A bool; True where S_c(x) was empty and the set is {x} (instance
             discrimination for that anchor).
-        n_skipped: rows dropped as anchors because distinct-only left their set empty.
+        n_skipped: rows not kept as anchors (``n_rows - len(anchors)``): rows left out by
+            the anchor restriction, and rows whose set distinct-only left empty.
         n_rows: rows of the table the index was built on.
         criterion, distinct_only, size_match, label, uncertain, seed: how it was built.
+        anchors_with: the criterion anchors were restricted by (None: every row is a
+            candidate anchor).
+        n_restricted: rows left out because they have no partner other than themselves
+            under ``anchors_with``.
     """
 
     anchors: np.ndarray
@@ -47,6 +52,8 @@ class PairIndex:
     label: str | None = None
     uncertain: str = "ignore"
     seed: int = 0
+    anchors_with: str | None = None
+    n_restricted: int = 0
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -212,6 +219,7 @@ def build_pair_index(
     *,
     distinct_only: bool = False,
     size_match: str | None = None,
+    anchors_with: str | None = None,
     label: str | None = None,
     uncertain: str = "ignore",
     seed: int = 0,
@@ -226,6 +234,11 @@ def build_pair_index(
         size_match: another criterion R; every set larger than |S_R(x)| is cut once, by
             seeded uniform pre-selection, to that size (with distinct-only, both sets are
             taken without x).
+        anchors_with: another criterion W; only rows x with at least one partner other than
+            x itself under W (S_W(x) \\ {x} non-empty) are anchors, whatever W's rule for x
+            itself.  The other rows are never drawn as anchors; they stay available as
+            partners of the kept anchors.  Table 5: ``patient_same_study_distinct_lat``
+            keeps the images with a counterpart of the other laterality in their study.
         label: the observation compared by label criteria (required for them).
         uncertain: uncertain-label policy for pairing labels (ignore | zeros | ones).
         seed: seed of the size-matching pre-selection.
@@ -239,6 +252,7 @@ def build_pair_index(
     """
     crit = get_criterion(criterion)
     ref = get_criterion(size_match) if size_match is not None else None
+    within = get_criterion(anchors_with) if anchors_with is not None else None
     if uncertain not in _UNCERTAIN:
         raise MedaugError(
             f"unknown uncertain-label policy {uncertain!r}; valid: {', '.join(_UNCERTAIN)}"
@@ -246,12 +260,11 @@ def build_pair_index(
     if len(table) == 0:
         raise MedaugError("cannot build positive pairs from an empty table")
     cols = _Columns(table)
-    needs_label = crit.same_label or (ref is not None and ref.same_label)
-    if needs_label:
+    labelled = [c for c in (crit, ref, within) if c is not None and c.same_label]
+    if labelled:
         if label is None:
-            name = criterion if crit.same_label else size_match
             raise MedaugError(
-                f"criterion {name!r} compares downstream labels: give the observation "
+                f"criterion {labelled[0].name!r} compares downstream labels: give the observation "
                 "(--label / data.target)"
             )
         cols.label = pairing_labels(table, label, uncertain)
@@ -260,45 +273,46 @@ def build_pair_index(
 
         check_observation(label)
 
+    rows = np.arange(cols.n, dtype=np.int64)
     counts, partners = _pair_sets(cols, crit, distinct_only)
+    keep = np.ones(cols.n, dtype=bool)  # N: candidate anchors
+    if within is not None:
+        # "At least one partner" means another image: W's sets are taken without x.
+        keep = _pair_sets(cols, within, distinct_only=True)[0] > 0
+        if not keep.all():
+            partners = partners[np.repeat(keep, counts)]
+            counts = np.where(keep, counts, 0)
     if ref is not None:
         ref_counts, _ = _pair_sets(cols, ref, distinct_only)
         counts, partners = _cut_to(counts, partners, ref_counts, np.random.default_rng(seed))
 
-    rows = np.arange(cols.n, dtype=np.int64)
     empty = counts == 0  # N
-    if distinct_only:
-        anchors = rows[~empty]
-        n_skipped = int(empty.sum())
-        if len(anchors) == 0:
-            options = " with distinct images only" + (
-                f" and size-matched to {size_match!r}" if size_match else ""
-            )
-            raise MedaugError(
-                f"criterion {criterion!r}{options} leaves no anchors: the set of every one of "
-                f"the {cols.n} images is empty once the image itself is removed"
-            )
-        sizes = counts[~empty]
-        fallback = np.zeros(len(anchors), dtype=bool)
-        indices = partners
-    else:
-        anchors, n_skipped, fallback = rows, 0, empty
-        sizes = np.where(empty, 1, counts)
-        # Splice each fallback anchor in as its own single member, in one linear pass.
-        new_first = np.cumsum(sizes) - sizes  # N
-        old_first = np.cumsum(counts) - counts  # N
-        indices = np.empty(int(sizes.sum()), dtype=np.int64)
-        shift = np.repeat(new_first - old_first, counts)  # nnz_old
-        indices[shift + np.arange(len(partners), dtype=np.int64)] = partners
-        indices[new_first[empty]] = rows[empty]
+    anchors = rows[keep & ~empty] if distinct_only else rows[keep]
+    if len(anchors) == 0:
+        why = ": every set is empty once the image itself is removed" if keep.any() else ""
+        raise MedaugError(
+            f"criterion {criterion!r}{_options_text(distinct_only, size_match, anchors_with)} "
+            f"leaves no anchors among the {cols.n} images{why}"
+        )
+    # Only the anchors' sets are left in `partners` (the others have count 0), in row order;
+    # each fallback anchor is spliced in as its own single member, in one linear pass.
+    own = counts[anchors]  # A
+    fallback = empty[anchors]  # A (all False under distinct-only)
+    sizes = np.where(fallback, 1, own)  # A
+    new_first = np.cumsum(sizes) - sizes  # A
+    old_first = np.cumsum(own) - own  # A
+    indices = np.empty(int(sizes.sum()), dtype=np.int64)
+    shift = np.repeat(new_first - old_first, own)  # nnz_old
+    indices[shift + np.arange(len(partners), dtype=np.int64)] = partners
+    indices[new_first[fallback]] = anchors[fallback]
     indptr = np.zeros(len(anchors) + 1, dtype=np.int64)
     np.cumsum(sizes, out=indptr[1:])
     return PairIndex(
         anchors=anchors,
         indptr=indptr,
-        indices=indices.astype(np.int64, copy=False),
+        indices=indices,
         fallback=fallback,
-        n_skipped=n_skipped,
+        n_skipped=int(cols.n - len(anchors)),
         n_rows=cols.n,
         criterion=criterion,
         distinct_only=distinct_only,
@@ -306,4 +320,18 @@ def build_pair_index(
         label=label,
         uncertain=uncertain,
         seed=seed,
+        anchors_with=anchors_with,
+        n_restricted=int((~keep).sum()),
     )
+
+
+def _options_text(distinct_only: bool, size_match: str | None, anchors_with: str | None) -> str:
+    """' with distinct images only and ...' describing the options in error messages."""
+    parts = []
+    if distinct_only:
+        parts.append("distinct images only")
+    if size_match is not None:
+        parts.append(f"size-matched to {size_match!r}")
+    if anchors_with is not None:
+        parts.append(f"anchors with a partner under {anchors_with!r}")
+    return " with " + " and ".join(parts) if parts else ""

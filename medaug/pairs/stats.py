@@ -33,7 +33,9 @@ def pair_stats(
 
     Returns:
         dict with ``n_images``, ``n_patients``, ``n_studies``, ``criterion``,
-        ``distinct_only``, ``size_match``, ``n_anchors``, ``n_fallback``, ``n_skipped``,
+        ``distinct_only``, ``size_match``, ``anchors_with``, ``n_anchors`` (the anchors kept),
+        ``n_restricted`` (rows without a partner under ``anchors_with``), ``n_fallback``,
+        ``n_skipped`` (all rows that are not anchors),
         ``n_with_other``, ``mean_set_size``, ``max_set_size``, ``set_size_hist`` (set size
         as a string -> count) and, with a label, ``label_disagreement`` (``observation``,
         ``uncertain``, ``n_anchors``, ``mean``, ``share_all_different``, ``hist`` =
@@ -52,7 +54,9 @@ def pair_stats(
         "criterion": index.criterion,
         "distinct_only": bool(index.distinct_only),
         "size_match": index.size_match,
+        "anchors_with": index.anchors_with,
         "n_anchors": int(len(index.anchors)),
+        "n_restricted": int(index.n_restricted),
         "n_fallback": int(index.fallback.sum()),
         "n_skipped": int(index.n_skipped),
         "n_with_other": int((n_other > 0).sum()),

@@ -232,3 +232,32 @@ def test_pair_index_covers_the_training_rows(tiny_config, tmp_path):
             assert t.loc[codes == code, column].nunique() == 1
     assert len(np.unique(data.patient)) == t["patient_id"].nunique()
     assert data.cache.images.shape == (len(t), 32, 32)
+
+
+def test_anchor_restriction_limits_the_anchors_drawn(tiny_config, tmp_path, monkeypatch):
+    """With pretrain.anchors_with, every query of every step is a kept anchor."""
+    cfg = tiny_config(
+        "pretrain.criterion=patient_same_study_same_lat",
+        "pretrain.size_match=patient_same_study_distinct_lat",
+        "pretrain.anchors_with=patient_same_study_distinct_lat",
+        "pretrain.epochs=1",
+        "pretrain.max_steps_per_epoch=null",
+        "pretrain.knn_every=0",
+    )
+    seen: list[np.ndarray] = []
+    real_call = TrainStep.__call__
+
+    def recording_call(self, rows_q, rows_k):
+        seen.append(np.asarray(rows_q).copy())
+        return real_call(self, rows_q, rows_k)
+
+    monkeypatch.setattr(TrainStep, "__call__", recording_call)
+    pretrain(cfg, tmp_path / "run", progress=False)
+    table = prepare_data(cfg, tmp_path / "run", progress=False).table
+    both = table.groupby("study_id")["view"].agg(lambda v: {"frontal", "lateral"} <= set(v))
+    kept = set(np.flatnonzero(table["study_id"].map(both).to_numpy() & (table["split"] == "train")))
+    queries = np.concatenate(seen)
+    # One epoch draws nearly every anchor once: without the restriction, images of
+    # single-view studies would be among them.
+    assert len(seen) >= 2 and len(queries) > len(kept) - cfg.pretrain.batch_size * 2
+    assert set(queries.tolist()) <= kept and len(set(queries.tolist())) == len(queries)

@@ -1,4 +1,4 @@
-"""Test helpers: random small metadata tables and a brute-force O(N^2) S_c(x) reference."""
+"""Test helpers: random small metadata tables, brute-force S_c(x) references, index checks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 VIEWS = ("frontal", "lateral", "other")
+POLICIES = ("ignore", "zeros", "ones")
 LABEL_VALUES = (1.0, 0.0, -1.0, np.nan)
 OBS = "Pleural Effusion"
 
@@ -92,3 +93,83 @@ def brute_sets(
             members = [j for j in members if j != i]
         out.append(members)
     return out
+
+
+def brute_sets_by_patient(
+    table: pd.DataFrame, rules, distinct_only: bool = False
+) -> list[list[int]]:
+    """:func:`brute_sets` (no label rule) for larger tables: every pair checked, but only
+    within a patient (every criterion requires the same patient), so its cost is the sum of
+    the squared patient sizes instead of N^2."""
+    patient = table["patient_id"].tolist()
+    study = table["study_id"].tolist()
+    view = table["view"].tolist()
+    by_patient: dict = {}
+    for i, p in enumerate(patient):
+        by_patient.setdefault(p, []).append(i)
+    out: list[list[int]] = [[] for _ in patient]
+    for members in by_patient.values():
+        for i in members:
+            if rules is None:
+                found = [i]
+            else:
+                study_rule, lat_rule, same_label = rules
+                assert not same_label
+                found = [
+                    j
+                    for j in members
+                    if _rule_ok(study_rule, study[i], study[j])
+                    and _rule_ok(lat_rule, view[i], view[j])
+                ]
+            out[i] = sorted(j for j in found if not (distinct_only and j == i))
+    return out
+
+
+def index_sets(index) -> list[list[int]]:
+    """The sampled set of every anchor of a PairIndex, as lists."""
+    return [index.partners(i).tolist() for i in range(len(index))]
+
+
+def check_csr(index) -> None:
+    """Structural invariants of a PairIndex's CSR arrays."""
+    assert index.anchors.dtype == np.int64 and index.indices.dtype == np.int64
+    assert index.indptr.dtype == np.int64
+    assert len(index.indptr) == len(index.anchors) + 1 and index.indptr[0] == 0
+    assert index.indptr[-1] == len(index.indices)
+    assert (np.diff(index.indptr) >= 1).all()
+    assert (np.diff(index.anchors) > 0).all()
+    assert index.fallback.shape == index.anchors.shape
+
+
+def build_expecting(table: pd.DataFrame, criterion: str, anchors: list[int], **kwargs):
+    """Build the index and check its CSR arrays and anchors against ``anchors``; with no
+    anchor expected, check the build fails with "leaves no anchors" and return None."""
+    import pytest
+
+    from medaug.errors import MedaugError
+    from medaug.pairs import build_pair_index
+
+    if not anchors:
+        with pytest.raises(MedaugError, match="leaves no anchors"):
+            build_pair_index(table, criterion, **kwargs)
+        return None
+    index = build_pair_index(table, criterion, **kwargs)
+    check_csr(index)
+    assert index.anchors.tolist() == anchors
+    return index
+
+
+def check_size_matched(index, own: list[list[int]], ref: list[list[int]]) -> None:
+    """Each anchor's set is a subset of its raw set ``own`` of size min(|own|, |ref|), the
+    whole set when it was not cut, and {x} (flagged fallback) when that size is 0."""
+    for pos, row in enumerate(index.anchors.tolist()):
+        got = index.partners(pos).tolist()
+        size = min(len(own[row]), len(ref[row]))
+        if size == 0:
+            assert index.fallback[pos] and got == [row]
+            continue
+        assert not index.fallback[pos]
+        assert len(got) == size == len(set(got))
+        assert set(got) <= set(own[row])
+        if len(own[row]) <= len(ref[row]):  # not cut: the whole set
+            assert got == sorted(own[row])

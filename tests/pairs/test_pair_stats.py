@@ -30,7 +30,9 @@ FIELDS = {
     "criterion",
     "distinct_only",
     "size_match",
+    "anchors_with",
     "n_anchors",
+    "n_restricted",
     "n_fallback",
     "n_skipped",
     "n_with_other",
@@ -48,6 +50,7 @@ def test_distinct_studies_by_hand(table):
     assert stats["n_images"] == 6 and stats["n_patients"] == 3 and stats["n_studies"] == 5
     assert stats["criterion"] == "patient_distinct_studies"
     assert stats["distinct_only"] is False and stats["size_match"] is None
+    assert stats["anchors_with"] is None and stats["n_restricted"] == 0
     assert stats["n_anchors"] == 6 and stats["n_fallback"] == 1 and stats["n_skipped"] == 0
     assert stats["n_with_other"] == 5
     assert stats["mean_set_size"] == pytest.approx(7 / 6)

@@ -97,6 +97,35 @@ def test_pairs_options_and_plot(csv, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_pairs_anchors_with(csv, tmp_path, capsys):
+    out = tmp_path / "pairs.json"
+    rc = main(
+        [
+            "pairs",
+            "--csv",
+            str(csv),
+            "--criterion",
+            "patient_same_study_same_lat",
+            "--size-match",
+            "patient_same_study_distinct_lat",
+            "--anchors-with",
+            "patient_same_study_distinct_lat",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "anchors with a partner under patient_same_study_distinct_lat" in printed
+    stats = json.loads(out.read_text())
+    # Only patient 1's study1 holds a frontal and a lateral: its two images are the anchors,
+    # each its own same-laterality set (x is in it; no distinct-only).
+    assert stats["anchors_with"] == "patient_same_study_distinct_lat"
+    assert stats["n_anchors"] == 2 and stats["n_restricted"] == 4 and stats["n_skipped"] == 4
+    assert stats["n_fallback"] == 0 and stats["n_with_other"] == 0
+    assert stats["set_size_hist"] == {"1": 2}
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -107,6 +136,11 @@ def test_pairs_options_and_plot(csv, tmp_path):
             "unknown observation 'Effusion'",
         ),
         (["--criterion", "instance", "--distinct-only"], "leaves no anchors"),
+        (
+            ["--criterion", "patient_same_study", "--anchors-with", "lateral"],
+            "unknown pair criterion 'lateral'; valid: instance, ",
+        ),
+        (["--criterion", "patient_same_study", "--anchors-with", "instance"], "leaves no anchors"),
         (["--criterion", "patient_all_studies_same_label"], "compares downstream labels"),
         (
             ["--criterion", "patient_same_study", "--map", "patient_id"],
