@@ -90,7 +90,7 @@ def test_bad_sweep_fails_before_anything_runs(tmp_path, capsys):
 def test_dry_run_lists_trials(tmp_path, capsys):
     assert cli_main(["sweep", "--config", "table6", "--output", str(tmp_path), "--dry-run", "--smoke"]) == 0
     out = capsys.readouterr().out
-    assert "5 trials:" in out and "negatives=synthetic" in out
+    assert "6 trials:" in out and "reweighted_prose_t0.9" in out and "synthetic" in out
 
 
 # ---------------------------------------------------------------------------------------------
