@@ -31,6 +31,8 @@ class DataConfig:
     csv: str | None = None  # the dataset's main CSV (CheXpert train.csv, MIMIC metadata, ...)
     root: str | None = None  # image root; default: found next to the CSV
     column_map: dict[str, str] = field(default_factory=dict)  # generic CSV: canonical -> column
+    # generic CSV: what raw view / projection values stand for, e.g. {projection: {L: LATERAL}}
+    value_map: dict[str, dict[str, str]] = field(default_factory=dict)
     image_size: int = 64  # cache resolution (paper: 320)
     cache_dir: str | None = None  # default: <output>/cache
     skip_bad_images: bool = False
@@ -173,6 +175,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise MedaugError(f"{key}: expected a mapping, got {value!r}")
+        inner = (typing.get_args(tp) or (str, str))[1]
+        if typing.get_origin(inner) is dict:  # a mapping of mappings (data.value_map)
+            return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     if tp is Any:
         return value
@@ -279,6 +284,10 @@ def check_config(cfg: Config) -> None:
     from medaug.data.schema import check_observation, check_uncertain_policy
 
     check_uncertain_policy(cfg.data.uncertain)
+    if cfg.data.value_map:  # read by the csv adapter only (a smoke run swaps the dataset)
+        from medaug.data.generic import check_value_map
+
+        check_value_map(cfg.data.value_map)
     check_observation(cfg.data.target)
     for obs in cfg.eval.observations:
         check_observation(obs)
@@ -364,7 +373,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, None and value mappings (column_map) kept."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, None and value mappings (column_map,
+    value_map) kept."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -375,7 +385,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_VALUE_MAPPINGS = frozenset({"column_map"})
+_VALUE_MAPPINGS = frozenset({"column_map", "value_map"})
 
 
 def write_config(cfg: Config, path: str | Path) -> Path:

@@ -417,10 +417,10 @@ def test_generic_minimal_map_each_image_its_own_study():
                                    "projection": "position"})
     assert table["study_id"].tolist() == ["A/img/a1.png", "A/img/a2.png", "A/img/a3.png",
                                           "B/img/b1.png", "B/img/b2.png"]
-    # From the projection alone: "Frontal" is no projection (unknown -> view other), while
+    # From the projection alone: "Frontal" is a frontal film of unknown projection, while
     # "lateral" is the LATERAL projection in lower case.
     assert table["projection"].tolist() == ["unknown", "LATERAL", "PA", "LL", "AP"]
-    assert table["view"].tolist() == ["other", "lateral", "frontal", "lateral", "frontal"]
+    assert table["view"].tolist() == ["frontal", "lateral", "frontal", "lateral", "frontal"]
     assert table["split"].tolist() == ["train"] * 5
 
 
@@ -435,13 +435,185 @@ def test_generic_minimal_map_each_image_its_own_study():
         ({"path": "file", "patient_id": "subject", "view": "position", "laterality": "x"},
          "data.column_map: unknown key(s) laterality; valid: path, patient_id, view"),
         ({"path": "file", "patient_id": "subject", "view": "notes", "image_id": "file"},
-         "column 'notes' (view) has value(s) ['<blank>', 'first', 'second']; valid: frontal"),
+         "column 'notes' (view) has 3 value(s) outside the vocabulary: '<blank>' (3), "
+         "'first' (1), 'second' (1); known: PA, AP, LATERAL, LL, frontal, other"),
     ],
 )
 def test_generic_map_errors(column_map, message):
     with pytest.raises(MedaugError) as err:
         load_table("csv", GENERIC / "images.csv", column_map=column_map)
     assert message in _one_line(err)
+
+
+# --------------------------------------------------------------------------- value maps
+
+POSITIONS = GENERIC / "positions.csv"
+POSITIONS_MAP = {"path": "image", "patient_id": "subject", "study_id": "exam",
+                 "projection": "Projection"}
+POSITIONS_VALUES = ["projection:L=LATERAL,AP_horizontal=AP", "projection:COSTAL=other"]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    from medaug.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_projection_values_stop_the_adapter_with_their_counts():
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP)
+    # " l" counts with "L" (values compare stripped, without case); the blank cell is no
+    # value (unknown projection); PA and AP are known.
+    assert _one_line(err) == (
+        f"{POSITIONS}: column 'Projection' (projection) has 3 value(s) outside the vocabulary: "
+        "'L' (3), 'AP_horizontal' (2), 'COSTAL' (1); known: PA, AP, LATERAL, LL, frontal, "
+        "other; say what each stands for with --map-values projection:RAW=CANONICAL,... "
+        "(data.value_map in a config)"
+    )
+    # A map that leaves one value out names only that one.
+    with pytest.raises(MedaugError, match=r"has 1 value\(s\) outside the vocabulary: "
+                                          r"'COSTAL' \(1\); known"):
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP,
+                   value_map={"projection": {"l": "lateral", "AP_HORIZONTAL": "AP"}})
+
+
+def _expected_positions() -> pd.DataFrame:
+    """The canonical table of positions.csv under POSITIONS_VALUES, written out by hand."""
+    rows = [
+        # path, patient, study, view, projection
+        ("p1/e1/a.png", "p1", "p1/e1", "frontal", "PA"),
+        ("p1/e1/b.png", "p1", "p1/e1", "lateral", "LATERAL"),  # L
+        ("p1/e2/a.png", "p1", "p1/e2", "frontal", "AP"),  # AP_horizontal
+        ("p2/e1/a.png", "p2", "p2/e1", "other", "unknown"),  # COSTAL
+        ("p2/e1/b.png", "p2", "p2/e1", "lateral", "LATERAL"),  # " l"
+        ("p2/e2/a.png", "p2", "p2/e2", "frontal", "AP"),
+        ("p3/e1/a.png", "p3", "p3/e1", "lateral", "LATERAL"),  # L
+        ("p3/e1/b.png", "p3", "p3/e1", "other", "unknown"),  # blank
+        ("p3/e2/a.png", "p3", "p3/e2", "frontal", "AP"),  # ap_horizontal
+    ]
+    data: dict[str, list] = {c: [] for c in ID}
+    for path, patient, study, view, projection in rows:
+        for column, value in zip(ID, (path, path, patient, study, view, projection, "train")):
+            data[column].append(value)
+    for obs in OBSERVATIONS:
+        data[obs] = [np.nan] * len(rows)
+    data["sex"] = [None] * len(rows)
+    data["age"] = [np.nan] * len(rows)
+    return pd.DataFrame(data).astype({c: object for c in ID + ("sex",)})
+
+
+def test_a_value_map_makes_the_table_load(tmp_path):
+    from medaug.data.load import parse_value_map
+
+    value_map = parse_value_map(POSITIONS_VALUES)
+    assert value_map == {"projection": {"L": "LATERAL", "AP_horizontal": "AP", "COSTAL": "other"}}
+    table = load_table("csv", POSITIONS, column_map=POSITIONS_MAP, value_map=value_map)
+    expected = _expected_positions()
+    pd.testing.assert_frame_equal(table.loc[:, list(expected.columns)], expected)
+
+
+def test_a_value_map_on_a_view_column(tmp_path):
+    """Raw view values may stand for a view or a projection (which the view then carries)."""
+    src = pd.read_csv(POSITIONS, dtype=str)
+    src.rename(columns={"Projection": "position"}).fillna("").to_csv(tmp_path / "v.csv",
+                                                                       index=False)
+    column_map = {"path": "image", "patient_id": "subject", "study_id": "exam",
+                  "view": "position"}
+    with pytest.raises(MedaugError, match=r"column 'position' \(view\) has 4 value\(s\) "
+                                          r"outside the vocabulary: 'L' \(3\), "
+                                          r"'AP_horizontal' \(2\), '<blank>' \(1\), "
+                                          r"'COSTAL' \(1\);"):
+        load_table("csv", tmp_path / "v.csv", column_map=column_map)
+    table = load_table(
+        "csv", tmp_path / "v.csv", column_map=column_map,
+        value_map={"view": {"L": "lateral", "AP_horizontal": "frontal", "COSTAL": "other",
+                            "": "other"}},
+    )
+    assert table["view"].tolist() == ["frontal", "lateral", "frontal", "other", "lateral",
+                                      "frontal", "lateral", "other", "frontal"]
+    # "lateral" is also the LATERAL projection; "frontal" and "other" name no projection.
+    assert table["projection"].tolist() == ["PA", "LATERAL", "unknown", "unknown", "LATERAL",
+                                            "AP", "LATERAL", "unknown", "unknown"]
+
+
+@pytest.mark.parametrize(
+    ("value_map", "message"),
+    [
+        ({"sex": {"1": "Male"}},
+         "data.value_map: column 'sex' has no vocabulary to map; valid: view, projection"),
+        ({"projection": {"L": "SIDE"}},
+         "data.value_map: projection:L=SIDE names 'SIDE'; valid: PA, AP, LATERAL, LL, "
+         "frontal, other"),
+        ({"projection": {"L": "LATERAL", "l": "other"}},
+         "data.value_map: projection value 'l' is mapped to both LATERAL and OTHER"),
+        ({"projection": ["L=LATERAL"]},
+         "data.value_map.projection must map raw values to canonical ones"),
+    ],
+)
+def test_bad_value_maps(value_map, message):
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP, value_map=value_map)
+    assert _one_line(err).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "items", [["projection"], ["projection:"], ["projection:L"], ["projection:L=,AP=AP"],
+              [":L=LATERAL"]],
+)
+def test_malformed_map_values(items):
+    from medaug.data.load import parse_value_map
+
+    with pytest.raises(MedaugError) as err:
+        parse_value_map(items)
+    assert _one_line(err) == (
+        f"--map-values {items[0]!r} must look like column:RAW=CANONICAL,RAW=CANONICAL..."
+    )
+
+
+def test_value_map_only_for_csv():
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", CHEXPERT / "train.csv", value_map={"projection": {"L": "LL"}})
+    assert _one_line(err) == "data.value_map applies to dataset 'csv' only, not 'chexpert'"
+
+
+def test_value_map_in_configs():
+    from medaug.config import build_config, flatten
+
+    cfg = build_config({"data": {"value_map": {"projection": {"L": "LATERAL", "COSTAL": "other"}}}})
+    assert cfg.data.value_map == {"projection": {"L": "LATERAL", "COSTAL": "other"}}
+    # An override names the whole map, as for data.column_map.
+    cfg = build_config(None, ["data.value_map={view: {Side: lateral}, projection: {L: LL}}"])
+    assert cfg.data.value_map == {"view": {"Side": "lateral"}, "projection": {"L": "LL"}}
+    assert flatten({"data": {"value_map": cfg.data.value_map}})["data.value_map"] == (
+        cfg.data.value_map
+    )
+    with pytest.raises(MedaugError, match="data.value_map: projection:L=SIDE names 'SIDE'"):
+        build_config(None, ["data.value_map={projection: {L: SIDE}}"])
+    with pytest.raises(MedaugError, match="data.value_map.projection: expected a mapping"):
+        build_config(None, ["data.value_map={projection: L}"])
+
+
+def test_data_table_command_with_map_values(tmp_path, capsys):
+    base = ["data", "table", "--dataset", "csv", "--csv", str(POSITIONS), "--map",
+            "path=image", "patient_id=subject", "study_id=exam", "projection=Projection",
+            "--out", str(tmp_path / "t.parquet")]
+    code, out, err = _run(base, capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "'L' (3), 'AP_horizontal' (2), 'COSTAL' (1)" in err
+    assert not (tmp_path / "t.parquet").exists()
+    code, out, err = _run(base + ["--map-values"] + POSITIONS_VALUES, capsys)
+    assert code == 0, err
+    assert out.startswith("wrote 9 rows (3 patients, 6 studies; train 9) to ")
+    expected = _expected_positions()
+    table = read_table(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(table.loc[:, list(expected.columns)], expected)
+    code, out, err = _run(base + ["--map-values", "projection=L"], capsys)
+    assert code == 2 and err.strip() == (
+        "medaug data: error: --map-values 'projection=L' must look like "
+        "column:RAW=CANONICAL,RAW=CANONICAL..."
+    )
 
 
 # --------------------------------------------------------------------------- load_table
