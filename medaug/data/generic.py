@@ -5,10 +5,10 @@
     {"path": "file", "patient_id": "subject", "study_id": "visit", "view": "position"}
 
 Required keys: ``path``, ``patient_id`` and at least one of ``view`` / ``projection``.
-Optional keys: ``study_id``, ``image_id``, ``split``, ``sex``, ``age`` and any of the 14
-observation names.  Columns of the CSV that carry a canonical observation name
-("Pleural Effusion", ...) are used as labels without being mapped; observations found
-neither way are blank (NaN).
+Optional keys: ``study_id``, ``image_id``, ``split``, ``sex``, ``age``, ``study_date``,
+``study_order`` and any of the 14 observation names.  Columns of the CSV that carry a
+canonical observation name ("Pleural Effusion", ...) are used as labels without being
+mapped; observations found neither way are blank (NaN).
 
 Value rules (case-insensitive, surrounding blanks ignored):
 
@@ -25,12 +25,15 @@ Value rules (case-insensitive, surrounding blanks ignored):
   names carries the projection too.
 - ``study_id`` absent: every image is its own study (``"<patient>/<image_id>"``); one study
   per patient would wrongly pair every image of a patient under the "same study" rule.
+- ``study_date``: YYYYMMDD or ISO dates (2015-03-27, 2015-03-27T10:15:00) -> ``study_days``,
+  days since 1970-01-01, the earliest of a study's images; blank -> NaN.
+- ``study_order``: a whole number that orders a patient's studies (a visit number).
 - ``split``: train, valid (also validate / validation / val), test; absent -> train.
 - ``sex``: M / Male -> "Male", F / Female -> "Female", anything else missing.
 - ``image_id`` absent: the path.
 
-The helpers at the top (reading a CSV with one-line errors, required columns, projection
-and sex normalisation) are shared by the dataset adapters.
+The helpers at the top (reading a CSV with one-line errors, required columns, projection,
+sex, date and time normalisation) are shared by the dataset adapters.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medaug.data.schema import COLUMNS, OBSERVATIONS, validate
+from medaug.data.schema import OBSERVATIONS, TABLE_COLUMNS, TIME_COLUMNS, validate
 from medaug.errors import MedaugError
 
 KNOWN_PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL")
@@ -54,6 +57,8 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "split",
     "sex",
     "age",
+    "study_date",
+    "study_order",
 ) + OBSERVATIONS
 MAP_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
@@ -307,6 +312,81 @@ def split_from_words(values: pd.Series, source: str) -> pd.Series:
     return mapped
 
 
+def _distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Row codes, counts per distinct value and the distinct values as stripped text (None
+    for blanks; whole floats without their ".0", as a date column with blanks reads)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    codes = np.asarray(codes)
+    texts: list[str | None] = []
+    for u in uniques:  # U distinct values, not N rows
+        if pd.isna(u):
+            texts.append(None)
+        elif isinstance(u, (float, np.floating)) and float(u).is_integer():
+            texts.append(str(int(u)))
+        else:
+            texts.append(str(u).strip() or None)
+    counts = np.bincount(codes, minlength=len(uniques))
+    return codes, counts, pd.Series(texts, dtype=object)
+
+
+def _not_understood(source: str, column: str, text: pd.Series, bad: np.ndarray,
+                    counts: np.ndarray, what: str) -> MedaugError:
+    shown = [str(t) for t in text[bad]][:5]
+    return MedaugError(
+        f"{source}: column {column!r} has {int(counts[bad].sum())} value(s) that are not "
+        f"{what}, e.g. {shown}"
+    )
+
+
+def dates_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
+    """Dates as YYYYMMDD (text or number) or ISO (2015-03-27, 2015-03-27T10:15:00, with an
+    optional UTC offset) -> days since 1970-01-01.
+
+    Returns:
+        N float64 (fractions of a day from ISO times; NaN for blanks).
+
+    Raises:
+        MedaugError: counting the values that are neither, with a few examples.
+    """
+    codes, counts, text = _distinct_text(values)
+    compact = text.str.fullmatch(r"\d{8}").fillna(False).to_numpy(dtype=bool)
+    iso = text.str.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?").fillna(False).to_numpy(dtype=bool)
+    days = np.full(len(text), np.nan)
+    day = pd.Timedelta(days=1)
+    if compact.any():
+        parsed = pd.to_datetime(text[compact], format="%Y%m%d", errors="coerce")
+        days[compact] = (parsed - pd.Timestamp("1970-01-01")) / day
+    if iso.any():
+        parsed = pd.to_datetime(text[iso], format="ISO8601", errors="coerce", utc=True)
+        days[iso] = (parsed - pd.Timestamp("1970-01-01", tz="UTC")) / day
+    bad = text.notna().to_numpy() & np.isnan(days)
+    if bad.any():
+        raise _not_understood(source, column, text, bad, counts, "YYYYMMDD or ISO dates")
+    return days[codes]
+
+
+def times_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
+    """DICOM times HHMMSS(.ffffff) (text or number; leading zeros may be lost) -> the
+    fraction of the day.
+
+    Returns:
+        N float64 in [0, 1) (NaN for blanks).
+    """
+    codes, counts, text = _distinct_text(values)
+    t = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    hours, minutes, seconds = np.floor(t / 10000), np.floor(t / 100) % 100, t % 100
+    bad = text.notna().to_numpy() & ~((t >= 0) & (hours < 24) & (minutes < 60) & (seconds < 60))
+    if bad.any():
+        raise _not_understood(source, column, text, bad, counts, "HHMMSS times")
+    return ((hours * 3600 + minutes * 60 + seconds) / 86400.0)[codes]
+
+
+def earliest_per_study(days: np.ndarray, study: pd.Series) -> np.ndarray:
+    """Each row's study time: the earliest of its study's images (NaN if all are blank)."""
+    codes, _ = pd.factorize(study)
+    return pd.Series(days).groupby(codes).transform("min").to_numpy(dtype=np.float64)
+
+
 def shown_values(values: pd.Series, limit: int = 5) -> list[str]:
     """Up to ``limit`` distinct offending values for an error message, blanks as <blank>."""
     return sorted({"<blank>" if pd.isna(v) else str(v) for v in values})[:limit]
@@ -315,13 +395,13 @@ def shown_values(values: pd.Series, limit: int = 5) -> list[str]:
 def canonical_frame(columns: dict[str, object], n: int) -> pd.DataFrame:
     """Assemble the canonical columns; those not given become blank (None / NaN)."""
     data: dict[str, object] = {}
-    for name in COLUMNS:
+    for name in TABLE_COLUMNS:
         if name in columns:
             value = columns[name]
             if isinstance(value, pd.Series):
                 value = value.reset_index(drop=True)
             data[name] = value
-        elif name in OBSERVATIONS or name == "age":
+        elif name in OBSERVATIONS or name in ("age",) + TIME_COLUMNS:
             data[name] = np.full(n, np.nan)
         else:
             data[name] = np.full(n, None, dtype=object)
@@ -367,7 +447,8 @@ def read_generic(
             f"data.column_map for {csv} must name the CSV column(s) for: {', '.join(need)} "
             f"(e.g. data.column_map={{path: file, patient_id: subject, view: position}})"
         )
-    id_keys = ("path", "patient_id", "study_id", "image_id", "split", "view", "projection", "sex")
+    id_keys = ("path", "patient_id", "study_id", "image_id", "split", "view", "projection", "sex",
+               "study_date")
     dtype = {column_map[k]: str for k in id_keys if k in column_map}
     df = read_csv_file(csv, "CSV", dtype=dtype)
     absent = [f"{column_map[k]!r} (for {k})" for k in column_map if column_map[k] not in df.columns]
@@ -430,6 +511,11 @@ def read_generic(
         cols["sex"] = normalise_sex(df[column_map["sex"]])
     if "age" in column_map:
         cols["age"] = pd.to_numeric(df[column_map["age"]], errors="coerce")
+    if "study_date" in column_map:
+        days = dates_to_days(df[column_map["study_date"]], source, column_map["study_date"])
+        cols["study_days"] = earliest_per_study(days, cols["study_id"])
+    if "study_order" in column_map:
+        cols["study_order"] = df[column_map["study_order"]]  # checked by validate()
     for obs in OBSERVATIONS:
         if obs in column_map:
             cols[obs] = df[column_map[obs]]
