@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         from medaug.moco.augment import augment
         from medaug.moco.negatives import contrastive_loss
 
-        aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale)
+        aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
+                   crop_ratio=tuple(p.crop_ratio))
         out = {"data": 0.0, "loss": 0.0}
         for i in range(reps):
             sl = slice((i % n_batches) * args.batch, (i % n_batches + 1) * args.batch)
@@ -191,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             k = F.normalize(torch.randn(args.batch, p.head_dim, device=device), dim=1)
             q_view = torch.from_numpy(data.view[rows_q]).to(device)
             loss, _ = contrastive_loss(q, k, queue, q_view, strategy, p.temperature,
-                                       t=p.reweight_t, m=p.n_hard, generator=gen)
+                                       t=p.reweight_t, m=p.n_hard, generator=gen,
+                                       q_image=torch.from_numpy(rows_q).to(device),
+                                       keep_own_image=p.keep_own_image_negatives)
             loss.backward()
             rows_t = torch.from_numpy(rows_k)
             queue.enqueue(k, torch.from_numpy(data.view[rows_k]).to(device),

@@ -50,8 +50,9 @@ class PretrainConfig:
     size_match: str | None = None
     anchors_with: str | None = None  # only anchors with a partner (not x) under this criterion
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
-    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop w/h range (MoCo v2's)
     negatives: str = "default"
+    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
     reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
     n_hard: int = 16  # m for the appended / synthetic strategies
     arch: str = "resnet18"
@@ -313,9 +314,12 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
         )
-    if len(p.crop_ratio) != 2 or not 0.0 < p.crop_ratio[0] <= p.crop_ratio[1]:
+    if len(p.crop_ratio) != 2 or not all(0.0 < r < float("inf") for r in p.crop_ratio) or (
+        p.crop_ratio[0] > p.crop_ratio[1]
+    ):
         raise MedaugError(
-            f"pretrain.crop_ratio must be two increasing positive numbers, got {p.crop_ratio}"
+            "pretrain.crop_ratio must be two positive numbers [low, high] with low <= high "
+            f"(the crop's width / height range; MoCo v2: [0.75, 1.3333]), got {p.crop_ratio}"
         )
     if not 0.0 < p.reweight_t < 1.0:
         raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")

@@ -177,7 +177,9 @@ class TrainStep:
             hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
             crop_ratio=tuple(p.crop_ratio),
         )
-        self.loss_args = dict(t=p.reweight_t, m=p.n_hard)
+        self.loss_args = dict(
+            t=p.reweight_t, m=p.n_hard, keep_own_image=p.keep_own_image_negatives,
+        )
         self.strategy, self.temperature = p.negatives, p.temperature
         self.view = torch.from_numpy(data.view)  # N
         self.patient = torch.from_numpy(data.patient)  # N
@@ -187,7 +189,8 @@ class TrainStep:
         """Train on anchors ``rows_q`` paired with partners ``rows_k`` (B table rows each).
 
         Returns:
-            the loss (a detached scalar tensor on the device) and the loss's stats.
+            the loss (a detached scalar tensor on the device) and the loss's stats
+            (``n_fallback``, ``n_short``, ``n_own``, ``n_own_queries``).
         """
         from medaug.moco.augment import augment
         from medaug.moco.negatives import contrastive_loss
@@ -205,9 +208,10 @@ class TrainStep:
         self.model.momentum_update()
         with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
             q, k = self.net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
+        # The queue's image ids are table rows: keys of the anchor's own row are no negatives.
         loss, stats = contrastive_loss(
             q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
-            **self.loss_args,
+            q_image=torch.from_numpy(rows_q).to(device), **self.loss_args,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -382,7 +386,9 @@ def pretrain(
             on all workers) and the checkpoint folder written this epoch (rank 0, on
             checkpoint epochs) or None.  Metrics: epoch (completed epochs), loss, lr,
             images_per_s, n_fallback_pairs (anchors of the epoch paired with themselves
-            because S_c(x) was empty), n_neg_fallback, n_neg_short (from the loss), knn_auc
+            because S_c(x) was empty), n_neg_fallback, n_neg_short, n_neg_own (queue keys of
+            the query's own image, summed over the epoch's queries: no negatives unless
+            pretrain.keep_own_image_negatives), n_neg_own_queries (from the loss), knn_auc
             (None on epochs without monitor), best_epoch, best_knn_auc.
         resume: continue from the newest checkpoint of ``resume_from`` and ``out_dir``; with
             False, a previous run in ``out_dir`` is cleared and training starts over.
@@ -508,7 +514,8 @@ def pretrain(
         partner_rows = train_rows[partners[used]]  # steps*G table rows
         n_fallback = int(index.fallback[used].sum())
 
-        totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, steps, neg fb, short
+        # loss, steps, neg fallback, neg short, own-image keys, queries with own-image keys
+        totals = torch.zeros(6, dtype=torch.float64, device=device)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{p.epochs}", file=sys.stderr,
                    disable=not show, leave=False, mininterval=2.0)
         t0 = time.perf_counter()
@@ -525,6 +532,8 @@ def pretrain(
             totals[1] += 1
             totals[2] += stats["n_fallback"]
             totals[3] += stats["n_short"]
+            totals[4] += stats["n_own"]
+            totals[5] += stats["n_own_queries"]
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.4f}")
@@ -561,6 +570,8 @@ def pretrain(
             "n_fallback_pairs": n_fallback,
             "n_neg_fallback": int(totals[2]),
             "n_neg_short": int(totals[3]),
+            "n_neg_own": int(totals[4]),
+            "n_neg_own_queries": int(totals[5]),
             "knn_auc": knn,
             "best_epoch": best["epoch"],
             "best_knn_auc": best["knn_auc"],
@@ -602,7 +613,8 @@ def pretrain(
                     f"epoch {completed}/{p.epochs}  loss {metrics['loss']:.4f}  "
                     f"lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s  "
                     f"knn_auc {knn_text}  fallback pairs {n_fallback}  "
-                    f"neg fallback {metrics['n_neg_fallback']}  neg short {metrics['n_neg_short']}",
+                    f"neg fallback {metrics['n_neg_fallback']}  neg short {metrics['n_neg_short']}  "
+                    f"own-image keys {metrics['n_neg_own']}",
                 )
         if report is not None:
             report(dict(metrics), written)

@@ -39,7 +39,8 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
         assert 0.0 <= m["knn_auc"] <= 1.0
         assert m["images_per_s"] > 0
         assert m["lr"] == pytest.approx(1e-4)
-        for key in ("n_fallback_pairs", "n_neg_fallback", "n_neg_short"):
+        for key in ("n_fallback_pairs", "n_neg_fallback", "n_neg_short", "n_neg_own",
+                    "n_neg_own_queries"):
             assert isinstance(m[key], int) and m[key] >= 0
     best = max(lines, key=lambda m: m["knn_auc"])
     assert summary["best_epoch"] == best["epoch"]
@@ -136,6 +137,32 @@ def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
     assert (queue.patient[:8] != torch.from_numpy(data.patient[rows_q])).all()
     assert (queue.view[8:] == -1).all()
     torch.testing.assert_close(queue.keys[:8].norm(dim=1), torch.ones(8))
+
+
+def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path):
+    """A step whose anchors' own keys sit in the queue: each is counted, and it changes the
+    loss only when pretrain.keep_own_image_negatives keeps it."""
+    from medaug.engine.schedule import build_optimizer
+    from medaug.moco.model import MoCo
+    from medaug.moco.queue import KeyQueue
+
+    losses, counts = {}, {}
+    for keep in (False, True):
+        cfg = tiny_config(f"pretrain.keep_own_image_negatives={str(keep).lower()}")
+        data = prepare_data(cfg, tmp_path, progress=False)
+        torch.manual_seed(0)
+        model = MoCo.from_config(cfg.pretrain)
+        queue = KeyQueue(64, cfg.pretrain.head_dim, generator=torch.Generator().manual_seed(0))
+        opt = build_optimizer("adam", (p for p in model.parameters() if p.requires_grad), 1e-4, 0)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        gen = torch.Generator().manual_seed(0)
+        step = TrainStep(model, model, queue, opt, scaler, data, cfg, torch.device("cpu"), gen)
+        first, second = data.train[:8], data.train[8:16]
+        step(first, second)  # the queue now holds one key of each image of `second`
+        loss, stats = step(second, first)  # ... which are this step's anchors
+        losses[keep], counts[keep] = float(loss), (stats["n_own"], stats["n_own_queries"])
+    assert counts[False] == counts[True] == (8, 8)
+    assert losses[False] != losses[True]
 
 
 def test_fallback_pairs_are_counted(tiny_config, tmp_path):
