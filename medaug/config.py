@@ -11,6 +11,7 @@ that is saved beside every result and logged as MLflow params.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -45,14 +46,13 @@ class DataConfig:
 class PretrainConfig:
     """One MoCo v2 pretraining job (section 2 and Appendix B of the MedAug paper)."""
 
-    criterion: str = "patient_same_study"
+    criterion: str | dict[str, Any] = "patient_same_study"  # a name or a grammar mapping
     distinct_only: bool = False
-    size_match: str | None = None
-    anchors_with: str | None = None  # only anchors with a partner (not x) under this criterion
+    size_match: str | dict[str, Any] | None = None
+    anchors_with: str | dict[str, Any] | None = None  # only anchors with a partner (not x) under it
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop w/h range (MoCo v2's)
+    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
     negatives: str = "default"
-    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
     reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
     n_hard: int = 16  # m for the appended / synthetic strategies
     arch: str = "resnet18"
@@ -179,6 +179,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         inner = (typing.get_args(tp) or (str, str))[1]
         if typing.get_origin(inner) is dict:  # a mapping of mappings (data.value_map)
             return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
+        if inner is Any:  # a structure checked where it is used (a pair criterion)
+            return {str(k): copy.deepcopy(v) for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     if tp is Any:
         return value
@@ -270,9 +272,30 @@ def build_config(
         _merge(cfg, base)
     for text in overrides or []:
         keys, value = parse_override(text)
-        _merge(cfg, nest(keys, value))
+        _merge(cfg, nest(*_into_mapping(cfg, keys, value)))
     check_config(cfg)
     return cfg
+
+
+def _into_mapping(cfg: Config, keys: list[str], value: Any) -> tuple[list[str], Any]:
+    """An override whose key runs past a setting that holds a mapping
+    (``pretrain.criterion.max_partners=2``) becomes that whole setting, with the one entry
+    changed; any other override is returned unchanged."""
+    node: Any = cfg
+    for i, key in enumerate(keys[:-1]):
+        if not (dataclasses.is_dataclass(node) and hasattr(node, key)):
+            break
+        node = getattr(node, key)
+        if isinstance(node, dict):
+            whole = copy.deepcopy(node)
+            entry = whole
+            for k in keys[i + 1 : -1]:
+                if not isinstance(entry.get(k), dict):
+                    entry[k] = {}
+                entry = entry[k]
+            entry[keys[-1]] = value
+            return keys[: i + 1], whole
+    return keys, value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -314,12 +337,9 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
         )
-    if len(p.crop_ratio) != 2 or not all(0.0 < r < float("inf") for r in p.crop_ratio) or (
-        p.crop_ratio[0] > p.crop_ratio[1]
-    ):
+    if len(p.crop_ratio) != 2 or not 0.0 < p.crop_ratio[0] <= p.crop_ratio[1]:
         raise MedaugError(
-            "pretrain.crop_ratio must be two positive numbers [low, high] with low <= high "
-            f"(the crop's width / height range; MoCo v2: [0.75, 1.3333]), got {p.crop_ratio}"
+            f"pretrain.crop_ratio must be two increasing positive numbers, got {p.crop_ratio}"
         )
     if not 0.0 < p.reweight_t < 1.0:
         raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")
@@ -355,12 +375,11 @@ def check_config(cfg: Config) -> None:
     if not (e.linear or e.e2e):
         raise MedaugError("both eval.linear and eval.e2e are false: nothing to evaluate")
     # Registries are checked where they live (lazy imports keep this module light).
-    from medaug.pairs import check_criterion
+    from medaug.pairs.criteria import check_criterion_setting
 
-    check_criterion(p.criterion)
-    for name in (p.size_match, p.anchors_with):
-        if name is not None:
-            check_criterion(name)
+    for key in ("criterion", "size_match", "anchors_with"):
+        if getattr(p, key) is not None:
+            check_criterion_setting(getattr(p, key), f"pretrain.{key}")
     from medaug.moco.names import BUILTIN_STRATEGIES
 
     if p.negatives in BUILTIN_STRATEGIES:

@@ -41,7 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(e.g. projection:L=LATERAL,AP_horizontal=AP,COSTAL=other)",
     )
     pairs = parser.add_argument_group("pairs")
-    pairs.add_argument("--criterion", required=True, help=f"one of: {', '.join(list_criteria())}")
+    which = pairs.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--criterion", help=f"a named criterion, one of: {', '.join(list_criteria())}"
+    )
+    which.add_argument(
+        "--criterion-yaml",
+        metavar="TEXT_OR_FILE",
+        help="a declarative criterion, inline or in a YAML file, e.g. "
+        "'{same: [patient_id, study_id], distinct: [view], max_partners: 2}'",
+    )
     pairs.add_argument(
         "--distinct-only", action="store_true", help="remove x from its set; skip empty anchors"
     )
@@ -112,11 +121,36 @@ def _write_json(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def read_criterion_yaml(text: str) -> object:
+    """The criterion of ``--criterion-yaml``: the YAML of a file when ``text`` names one,
+    else ``text`` itself read as YAML (a mapping, or a criterion name)."""
+    import yaml
+
+    path = Path(text)
+    source = "--criterion-yaml"
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise MedaugError(f"--criterion-yaml: file {path} does not exist")
+        text, source = path.read_text(), f"--criterion-yaml {path}"
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise MedaugError(f"{source} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(spec, (dict, str)):
+        raise MedaugError(f"{source} must hold a criterion mapping (or name), got {spec!r}")
+    return spec
+
+
 def run(args: argparse.Namespace) -> int:
     from medaug.data.schema import check_observation
-    from medaug.pairs.criteria import check_criterion
+    from medaug.pairs.criteria import check_criterion, check_criterion_setting, get_criterion
 
-    check_criterion(args.criterion)
+    if args.criterion_yaml is not None:
+        criterion = check_criterion_setting(
+            read_criterion_yaml(args.criterion_yaml), "--criterion-yaml"
+        )
+    else:
+        criterion = get_criterion(args.criterion)
     for name in (args.size_match, args.anchors_with):
         if name is not None:
             check_criterion(name)
@@ -135,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     table = load_table(args.dataset, csv, column_map=column_map, value_map=value_map or None)
     index = build_pair_index(
         table,
-        args.criterion,
+        criterion,
         distinct_only=args.distinct_only,
         size_match=args.size_match,
         anchors_with=args.anchors_with,

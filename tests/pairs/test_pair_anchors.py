@@ -54,7 +54,8 @@ def test_restricted_anchors_match_brute_force(distinct_only):
             kwargs = dict(
                 distinct_only=distinct_only, anchors_with=within, label=OBS, uncertain=policy
             )
-            index = build_expecting(table, criterion, kept, **kwargs)
+            sizes = list(map(len, raw[criterion]))
+            index = build_expecting(table, criterion, kept, sizes, **kwargs)
             if index is None:
                 continue
             # The restriction removes anchors only: every kept anchor keeps its whole set.
@@ -90,7 +91,7 @@ def test_restriction_combines_with_size_match(distinct_only):
                 uncertain=policy,
                 seed=trial,
             )
-            index = build_expecting(table, criterion, kept, **kwargs)
+            index = build_expecting(table, criterion, kept, sizes, **kwargs)
             if index is None:
                 continue
             check_size_matched(index, raw[criterion], raw[ref])
