@@ -6,7 +6,7 @@ Both loops run in this process on the same MoCo model and optimiser:
 
 (a) bare: fresh random float tensors made on the device; momentum update, query forward and
     backward, key forward, a plain InfoNCE against a fixed random queue, optimiser step;
-(b) real: ``medaug.engine.pretrain.TrainStep`` fed from the image cache through the pair
+(b) real: ``medaug.engine.pretrain.train_step`` of the MoCo method, fed from the image cache through the pair
     sampler: cache reads, batched augmentations, shuffle-BN keys, the negative strategy's
     loss over a filled queue with metadata, optimiser step, enqueue.
 
@@ -76,11 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from medaug.config import build_config
     from medaug.data.phantom import make_phantom
     from medaug.engine.data import pair_index, prepare_data
-    from medaug.engine.pretrain import TrainStep
+    from medaug.engine.pretrain import train_step
     from medaug.engine.schedule import build_optimizer
-    from medaug.moco.model import MoCo
+    from medaug.methods import get_method
     from medaug.moco.negatives import list_strategies
-    from medaug.moco.queue import KeyQueue
     from medaug.pairs import PairSampler
 
     if args.threads:
@@ -104,14 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     if len(index) < args.batch:
         raise SystemExit(f"only {len(index)} anchors: use more --patients")
 
-    torch.manual_seed(0)
     p = cfg.pretrain
-    model = MoCo.from_config(p).to(device).train()
-    optimizer = build_optimizer(p.optimizer, (q for q in model.parameters() if q.requires_grad),
-                                p.lr, p.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=p.amp and device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(0)
     use_amp = p.amp and device.type == "cuda"
+
+    def build(strategy: str):
+        """The MoCo method with ``strategy`` (same initial weights every time), its optimiser."""
+        cfg.pretrain.negatives = strategy
+        torch.manual_seed(0)
+        method = get_method("moco")(cfg, data, device, gen)
+        method.module.train()
+        optimizer = build_optimizer(p.optimizer, method.param_groups(p.weight_decay), p.lr,
+                                    p.weight_decay)
+        return method, optimizer
+
+    method, optimizer = build(strategies[0])
+    model = method.model
 
     # (a) the bare loop: fresh random inputs every step (a fixed batch would be learnt by
     # heart within a few steps, and the vanishing gradients that follow run at the speed of
@@ -174,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         from medaug.data.augment import augment
         from medaug.moco.negatives import contrastive_loss
 
-        aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale)
+        aug = dict(hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
+                   crop_ratio=tuple(p.crop_ratio))
         out = {"data": 0.0, "loss": 0.0}
         for i in range(reps):
             sl = slice((i % n_batches) * args.batch, (i % n_batches + 1) * args.batch)
@@ -191,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             k = F.normalize(torch.randn(args.batch, p.head_dim, device=device), dim=1)
             q_view = torch.from_numpy(data.view[rows_q]).to(device)
             loss, _ = contrastive_loss(q, k, queue, q_view, strategy, p.temperature,
-                                       t=p.reweight_t, m=p.n_hard, generator=gen)
+                                       t=p.reweight_t, m=p.n_hard, generator=gen,
+                                       q_image=torch.from_numpy(rows_q).to(device),
+                                       keep_own_image=p.keep_own_image_negatives)
             loss.backward()
             rows_t = torch.from_numpy(rows_k)
             queue.enqueue(k, torch.from_numpy(data.view[rows_k]).to(device),
@@ -206,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict] = {}
     for strategy in strategies:
-        cfg.pretrain.negatives = strategy
-        queue = KeyQueue(args.queue, p.head_dim, generator=torch.Generator().manual_seed(0))
-        queue = queue.to(device)
+        method, optimizer = build(strategy)
+        model, queue = method.model, method.queue  # the bare step uses the same model
         # A full queue with real metadata, as after the first K / B steps of training.
         for start in range(0, args.queue, args.batch):
             rows = anchor_rows[(np.arange(args.batch) + start) % len(anchor_rows)]
@@ -218,12 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 torch.from_numpy(data.view[rows]).to(device), torch.from_numpy(data.patient[rows]).to(device),
                 torch.from_numpy(data.study[rows]).to(device), rows_t.to(device),
             )
-        real = TrainStep(model, model, queue, optimizer, scaler, data, cfg, device, gen)
 
-        def real_step(i: int, real=real) -> None:
+        def real_step(i: int, method=method, optimizer=optimizer) -> None:
             b = i % n_batches
             sl = slice(b * args.batch, (b + 1) * args.batch)
-            real(anchor_rows[sl], partner_rows[sl])
+            train_step(method, method.module, optimizer, scaler, anchor_rows[sl],
+                       partner_rows[sl])
 
         bare_times, real_times = timed_pair(lambda i: bare_step(), real_step, args.steps)
         # Other work on the machine only ever adds time, so the fastest step of each kind is

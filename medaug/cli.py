@@ -8,7 +8,6 @@ Each subcommand lives in ``medaug/commands/<name>.py`` with ``add_arguments(pars
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import sys
 
@@ -61,17 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def quick_exit(code: int) -> None:
-    """Exit with ``code``, skipping the interpreter's last garbage collections, which walk
-    every object that torch, Ray and MLflow created (a second or more); frozen, they are
-    left to the end of the process."""
-    gc.freeze()
-    sys.exit(code)
-
-
 def entry() -> None:
-    """The ``medaug`` command: :func:`main`, then :func:`quick_exit`."""
-    quick_exit(main())
+    """The ``medaug`` command."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

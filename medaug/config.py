@@ -11,6 +11,7 @@ that is saved beside every result and logged as MLflow params.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -31,6 +32,8 @@ class DataConfig:
     csv: str | None = None  # the dataset's main CSV (CheXpert train.csv, MIMIC metadata, ...)
     root: str | None = None  # image root; default: found next to the CSV
     column_map: dict[str, str] = field(default_factory=dict)  # generic CSV: canonical -> column
+    # generic CSV: what raw view / projection values stand for, e.g. {projection: {L: LATERAL}}
+    value_map: dict[str, dict[str, str]] = field(default_factory=dict)
     image_size: int = 64  # cache resolution (paper: 320)
     cache_dir: str | None = None  # default: <output>/cache
     skip_bad_images: bool = False
@@ -44,9 +47,10 @@ class PretrainConfig:
     """One MoCo v2 pretraining job (section 2 and Appendix B of the MedAug paper)."""
 
     method: str = "moco"  # a name from medaug.methods (moco | mvmae) or package.module:Class
-    criterion: str = "patient_same_study"
+    criterion: str | dict[str, Any] = "patient_same_study"  # a name or a grammar mapping
     distinct_only: bool = False
-    size_match: str | None = None
+    size_match: str | dict[str, Any] | None = None
+    anchors_with: str | dict[str, Any] | None = None  # only anchors with a partner (not x) under it
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
     crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
     negatives: str = "default"
@@ -175,6 +179,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise MedaugError(f"{key}: expected a mapping, got {value!r}")
+        inner = (typing.get_args(tp) or (str, str))[1]
+        if typing.get_origin(inner) is dict:  # a mapping of mappings (data.value_map)
+            return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
+        if inner is Any:  # a structure checked where it is used (a pair criterion)
+            return {str(k): copy.deepcopy(v) for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     if tp is Any:
         return value
@@ -266,9 +275,30 @@ def build_config(
         _merge(cfg, base)
     for text in overrides or []:
         keys, value = parse_override(text)
-        _merge(cfg, nest(keys, value))
+        _merge(cfg, nest(*_into_mapping(cfg, keys, value)))
     check_config(cfg)
     return cfg
+
+
+def _into_mapping(cfg: Config, keys: list[str], value: Any) -> tuple[list[str], Any]:
+    """An override whose key runs past a setting that holds a mapping
+    (``pretrain.criterion.max_partners=2``) becomes that whole setting, with the one entry
+    changed; any other override is returned unchanged."""
+    node: Any = cfg
+    for i, key in enumerate(keys[:-1]):
+        if not (dataclasses.is_dataclass(node) and hasattr(node, key)):
+            break
+        node = getattr(node, key)
+        if isinstance(node, dict):
+            whole = copy.deepcopy(node)
+            entry = whole
+            for k in keys[i + 1 : -1]:
+                if not isinstance(entry.get(k), dict):
+                    entry[k] = {}
+                entry = entry[k]
+            entry[keys[-1]] = value
+            return keys[: i + 1], whole
+    return keys, value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -281,6 +311,10 @@ def check_config(cfg: Config) -> None:
     from medaug.data.schema import check_observation, check_uncertain_policy
 
     check_uncertain_policy(cfg.data.uncertain)
+    if cfg.data.value_map:  # read by the csv adapter only (a smoke run swaps the dataset)
+        from medaug.data.generic import check_value_map
+
+        check_value_map(cfg.data.value_map)
     check_observation(cfg.data.target)
     for obs in cfg.eval.observations:
         check_observation(obs)
@@ -332,12 +366,11 @@ def check_config(cfg: Config) -> None:
     if not (e.linear or e.e2e):
         raise MedaugError("both eval.linear and eval.e2e are false: nothing to evaluate")
     # Registries are checked where they live (lazy imports keep this module light).
-    from medaug.pairs import check_criterion
+    from medaug.pairs.criteria import check_criterion_setting
 
-
-    check_criterion(p.criterion)
-    if p.size_match is not None:
-        check_criterion(p.size_match)
+    for key in ("criterion", "size_match", "anchors_with"):
+        if getattr(p, key) is not None:
+            check_criterion_setting(getattr(p, key), f"pretrain.{key}")
     # The chosen method's own rules, and only its (they import the method, hence torch).
     from medaug.methods import get_method
 
@@ -349,7 +382,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, None and value mappings (column_map) kept."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists, None and value mappings (column_map,
+    value_map) kept."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
@@ -360,7 +394,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_VALUE_MAPPINGS = frozenset({"column_map"})
+_VALUE_MAPPINGS = frozenset({"column_map", "value_map"})
 
 
 def write_config(cfg: Config, path: str | Path) -> Path:

@@ -9,7 +9,9 @@ The documented way to launch a sweep on the cluster of ``cluster/cluster.yaml``:
 
 and after an interruption the same command with ``--resume``.  On a cluster the trials are
 tracked by the MLflow server on the head node (``--tracking-uri auto``: port 5000 of the
-head, when it answers); elsewhere in ``sqlite:///OUTPUT/mlflow.db``.
+head, when it answers); elsewhere in ``sqlite:///OUTPUT/mlflow.db``.  The shared inputs are
+prepared before the script joins the cluster (``--address auto``; a local Ray when none
+runs).
 """
 
 from __future__ import annotations
@@ -40,29 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def connect(address: str, num_cpus: int | None, quiet: bool) -> bool:
-    """Join the Ray cluster at ``address``; start a local Ray when there is none.
-
-    Returns True when connected to an existing cluster.
-    """
-    import ray
-
-    if address:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=not quiet)
-            return True
-        except ConnectionError:
-            if address != "auto":
-                raise
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet)
-    return False
-
-
 def head_tracking_uri() -> str | None:
-    """``http://<head>:5000`` when the head's MLflow server answers, else None."""
-    import ray
+    """``http://<this node>:5000`` when an MLflow server answers there, else None.
 
-    host = ray.util.get_node_ip_address()
+    The driver runs on the head node (``ray submit``), where ``cluster/cluster.yaml`` starts
+    the MLflow tracking server.
+    """
+    from ray.util import get_node_ip_address
+
+    host = get_node_ip_address()
     try:
         with socket.create_connection((host, MLFLOW_PORT), timeout=2):
             return f"http://{host}:{MLFLOW_PORT}"
@@ -72,33 +60,26 @@ def head_tracking_uri() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import ray
-
     from medaug.errors import MedaugError
     from medaug.tune.sweep import run_sweep
 
     try:
         if args.config is None and not args.resume:
             raise MedaugError("give --config, or --resume an existing --output")
-        on_cluster = connect(args.address, args.num_cpus, args.quiet)
         uri = args.tracking_uri
-        if uri == "auto":
-            uri = head_tracking_uri() if on_cluster else None
+        if uri == "auto":  # a resumed sweep keeps the store it started with
+            uri = None if args.resume else head_tracking_uri()
         table = run_sweep(
             args.config, args.output, resume=args.resume, smoke=args.smoke, tracking_uri=uri,
-            overrides=args.set, progress=not args.quiet,
+            overrides=args.set, progress=not args.quiet, ray_address=args.address or None,
+            num_cpus=args.num_cpus,
         )
     except MedaugError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
     failed = int((table.rows["status"] == "FAILED").sum()) if len(table.rows) else 0
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    from medaug.cli import quick_exit
-
-    quick_exit(main())
+    sys.exit(main())

@@ -3,6 +3,8 @@
     medaug data phantom OUT --patients N --image-size PX --seed S [--workers W]
     medaug data cache --dataset chexpert --csv PATH [--root DIR] [--image-size PX] ...
     medaug data table --dataset chexpert --csv PATH --out table.parquet
+    medaug data table --dataset csv --csv PATH --map path=file patient_id=subject \
+        projection=position --map-values projection:L=LATERAL --out table.parquet
 
 None of these import torch, Ray or MLflow.
 """
@@ -13,7 +15,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from medaug.data.load import parse_column_map
+from medaug.data.load import parse_column_map, parse_value_map
 
 DEFAULT_CACHE_DIR = "runs/cache"
 
@@ -42,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--map", nargs="+", action="extend", default=[], metavar="CANONICAL=COLUMN",
             help="column names of a generic CSV (e.g. patient_id=subject)",
+        )
+        p.add_argument(
+            "--map-values", nargs="+", action="extend", default=[],
+            metavar="COLUMN:RAW=CANONICAL,...",
+            help="what a generic CSV's view / projection values stand for "
+            "(e.g. projection:L=LATERAL,AP_horizontal=AP,COSTAL=other)",
         )
         p.add_argument(
             "--train-only", action="store_true",
@@ -80,7 +88,7 @@ def _load(args: argparse.Namespace):
 
     return load_table(
         args.dataset, args.csv, root=args.root, column_map=parse_column_map(args.map) or None,
-        include_siblings=not args.train_only,
+        include_siblings=not args.train_only, value_map=parse_value_map(args.map_values) or None,
     )
 
 

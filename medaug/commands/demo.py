@@ -4,9 +4,10 @@
 
 Generates the phantom (CheXpert layout) in OUTPUT/data unless it is there already, runs the
 ``demo`` sweep (instance discrimination vs same study vs all studies vs distinct studies,
-plus a random-init baseline), prints the results table, the report's files and the command
-that opens the runs in the MLflow UI.  Running it again on the same folder resumes (or, when
-everything is done, only reprints the results).
+plus a random-init baseline), prints the results table, the report's files, and the command
+and address that open the sweep's runs table in the MLflow UI.  Running it again on the same
+folder resumes (or, when everything is done, only reprints the results); while it runs, a
+second demo on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
     from medaug.data.phantom import make_phantom
     from medaug.tune.report import STATE_FILE
     from medaug.tune.sweep import run_sweep
-    from medaug.tune.tracking import mlflow_ui_command
 
     output = Path(args.output).resolve()
     data = output / "data"
@@ -51,10 +51,6 @@ def run(args: argparse.Namespace) -> int:
         "demo", output, resume=resume, overrides=args.set, progress=not args.quiet,
         num_cpus=args.num_cpus,
     )
-    from medaug.tune.report import read_state
-
-    uri = read_state(output)["tracking_uri"]
-    print(f"\nphantom data: {data}")
-    print(f"browse the runs: {mlflow_ui_command(uri)}")
+    print(f"phantom data: {data}")
     failed = int((table.rows["status"] == "FAILED").sum()) if len(table.rows) else 0
     return 1 if failed else 0

@@ -4,7 +4,8 @@
     medaug report --output runs/table1 --baseline baseline-imagenet
     medaug report --output runs/table1 --tracking-uri http://head:5000
 
-Writes OUTPUT/report/results.md, results.csv and results.png and prints the table.
+Writes OUTPUT/report/results.md, results.csv and results.png, prints the table and puts it
+into MLflow (the sweep's parent run and the experiment's description).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medaug.tune.report import write_report
+    from medaug.tune.sweep import publish_report
     from medaug.tune.tracking import quiet_mlflow
 
     quiet_mlflow()
-    table, paths = write_report(args.output, args.tracking_uri, args.baseline)
+    table, paths = publish_report(args.output, args.tracking_uri, args.baseline)
     print(table.to_markdown())
     print(f"\nreport: {paths['markdown']}\n        {paths['csv']}\n        {paths['plot']}")
     return 0

@@ -3,6 +3,7 @@
     medaug sweep --config sweeps/table1.yaml --output runs/table1 \\
         --set data.csv=/data/CheXpert-v1.0-small/train.csv --set pretrain.weights=/data/r18.pth
     medaug sweep --output runs/table1 --resume          # after a crash, a kill, a reboot
+                                                         # (one driver per output at a time)
     medaug sweep --config table6 --output runs/t6-smoke --smoke    # seconds per trial
     medaug sweep --config table1 --output runs/x --dry-run --set ...  # the trials, nothing run
 """
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--address", default=None, metavar="ADDR",
-        help="Ray cluster to run on ('auto' = the running one; default: a local Ray)",
+        help="Ray cluster to run on ('auto': the running one, else a local Ray; default: a "
+        "local Ray)",
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
     parser.add_argument(

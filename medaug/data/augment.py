@@ -12,11 +12,13 @@ a rotation are black, as with torchvision's ``rotate``).  All randomness comes f
 ``torch.Generator`` passed in, so a resumed run draws exactly the same views.
 
 The random resized crop follows torchvision's RandomResizedCrop: an area share in
-[scale, 1] and a log-uniform aspect ratio w/h in ``ratio``, then a uniformly placed
-integer-pixel window.  Where torchvision retries windows that do not fit, the sides are
-clamped to the image here.  ``ratio = (1, 1)`` (the default) keeps square windows, which is
-what the square image cache and the paper's crop-scale variant need; MoCo's natural-image
-setting is ``(3/4, 4/3)``.
+[scale, 1] and a log-uniform aspect ratio w/h in ``ratio`` (MoCo v2's [3/4, 4/3] by default,
+which the paper's crop-scale variant keeps: it changes only the scale), then a uniformly
+placed integer-pixel window.  Like torchvision, a window that does not fit in the image is
+drawn again, up to ``CROP_ATTEMPTS`` times, and when none fits the crop is the central
+window of the image's own ratio clamped to the range (the whole image when 1 is in it).
+Here all the attempts are drawn at once and the first that fits is kept, so every window
+has its area share in [scale, 1] and its ratio in ``ratio`` (up to integer rounding).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from torch import Tensor
 
 MEAN = 0.5020
 STD = 0.0856
+MOCO_RATIO: tuple[float, float] = (3 / 4, 4 / 3)  # MoCo v2's crop aspect-ratio range (w / h)
+CROP_ATTEMPTS = 10  # windows drawn per image before the central fallback (torchvision's 10)
 
 
 @dataclass
@@ -52,9 +56,17 @@ class AugmentParams:
     width: Tensor
 
 
-def _rand(n: int, generator: torch.Generator | None) -> Tensor:
+def _rand(shape: int | tuple[int, ...], generator: torch.Generator | None) -> Tensor:
     device = generator.device if generator is not None else torch.device("cpu")
-    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+def check_crop_ratio(crop_ratio) -> tuple[float, float]:
+    """``crop_ratio`` as a float pair (low, high), 0 < low <= high < inf, else ValueError."""
+    ratio = tuple(float(r) for r in crop_ratio)
+    if len(ratio) != 2 or not (0.0 < ratio[0] <= ratio[1] < math.inf):
+        raise ValueError(f"crop_ratio must be an increasing positive pair, got {crop_ratio}")
+    return ratio
 
 
 def sample_params(
@@ -65,7 +77,7 @@ def sample_params(
     hflip: float = 0.5,
     rotation: float = 10.0,
     crop_scale: float | None = None,
-    crop_ratio: tuple[float, float] = (1.0, 1.0),
+    crop_ratio: tuple[float, float] = MOCO_RATIO,
 ) -> AugmentParams:
     """Draw the augmentation parameters of ``n`` images of ``size`` x ``size`` pixels.
 
@@ -77,27 +89,47 @@ def sample_params(
         rotation: maximum absolute rotation in degrees (uniform in [-rotation, rotation]).
         crop_scale: lower bound s of the crop's area share, uniform in [s, 1]; None = no
             crop.
-        crop_ratio: range of the crop's aspect ratio w/h (log-uniform).
+        crop_ratio: range (low, high) of the crop's aspect ratio w/h (log-uniform).
 
-    The draws are always made in the same order (flip, angle, area, ratio, top, left) and
-    in the same number, whatever the options, so changing one option does not shift the
-    random stream of the others.
+    The draws are always made in the same order (flip N, angle N, area N x A, ratio N x A,
+    top N, left N; A = ``CROP_ATTEMPTS``) and in the same number, whatever the options, so
+    changing one option does not shift the random stream of the others.
     """
+    r_lo, r_hi = check_crop_ratio(crop_ratio)
+    lo, hi = math.log(r_lo), math.log(r_hi)
     flip = _rand(n, generator) < hflip
     angle = (_rand(n, generator) * 2.0 - 1.0) * rotation
-    area_u, ratio_u, top_u, left_u = (_rand(n, generator) for _ in range(4))
+    area_u = _rand((n, CROP_ATTEMPTS), generator)  # N x A
+    ratio_u = _rand((n, CROP_ATTEMPTS), generator)  # N x A
+    top_u, left_u = _rand(n, generator), _rand(n, generator)  # N, N
     if crop_scale is None:
         full = torch.full((n,), size, dtype=torch.long, device=flip.device)
         zero = torch.zeros(n, dtype=torch.long, device=flip.device)
         return AugmentParams(flip, angle.float(), zero, zero.clone(), full, full.clone())
-    lo, hi = math.log(crop_ratio[0]), math.log(crop_ratio[1])
-    area = size * size * (crop_scale + (1.0 - crop_scale) * area_u)  # N pixels^2
-    ratio = torch.exp(lo + (hi - lo) * ratio_u)  # N, w / h
-    width = torch.sqrt(area * ratio).round().clamp(1, size).long()  # N
-    height = torch.sqrt(area / ratio).round().clamp(1, size).long()  # N
-    # Uniform integer offsets in [0, S - side], as torch.randint would give.
+    area = size * size * (crop_scale + (1.0 - crop_scale) * area_u)  # N x A pixels^2
+    ratio = torch.exp(lo + (hi - lo) * ratio_u)  # N x A, w / h
+    widths = torch.sqrt(area * ratio).round().long()  # N x A
+    heights = torch.sqrt(area / ratio).round().long()  # N x A
+    fits = (widths >= 1) & (widths <= size) & (heights >= 1) & (heights <= size)  # N x A
+    first = fits.to(torch.int8).argmax(dim=1, keepdim=True)  # N x 1: first window that fits
+    width = widths.gather(1, first)[:, 0]  # N
+    height = heights.gather(1, first)[:, 0]  # N
+    # No window fits: the largest central window whose ratio is the image's (1) clamped to
+    # the range, as torchvision falls back.
+    fb_ratio = min(max(1.0, r_lo), r_hi)
+    fb_w, fb_h = size, size
+    if fb_ratio > 1.0:
+        fb_h = max(1, round(size / fb_ratio))
+    elif fb_ratio < 1.0:
+        fb_w = max(1, round(size * fb_ratio))
+    none_fit = ~fits.any(dim=1)  # N
+    width = torch.where(none_fit, torch.full_like(width, fb_w), width)
+    height = torch.where(none_fit, torch.full_like(height, fb_h), height)
+    # Uniform integer offsets in [0, S - side], as torch.randint would give; centred on fallback.
     top = (top_u * (size - height + 1)).floor().long().clamp(max=size - height)
     left = (left_u * (size - width + 1)).floor().long().clamp(max=size - width)
+    top = torch.where(none_fit, (size - height) // 2, top)
+    left = torch.where(none_fit, (size - width) // 2, left)
     return AugmentParams(flip, angle.float(), top, left, height, width)
 
 
@@ -154,7 +186,7 @@ def augment(
     hflip: float = 0.5,
     rotation: float = 10.0,
     crop_scale: float | None = None,
-    crop_ratio: tuple[float, float] = (1.0, 1.0),
+    crop_ratio: tuple[float, float] = MOCO_RATIO,
 ) -> Tensor:
     """One random view per image: uint8 N x S x S -> float N x 3 x R x R (normalised).
 
@@ -195,19 +227,17 @@ class BatchAugment:
         hflip: float = 0.5,
         rotation: float = 10.0,
         crop_scale: float | None = None,
-        crop_ratio: tuple[float, float] = (1.0, 1.0),
+        crop_ratio: tuple[float, float] = MOCO_RATIO,
     ) -> None:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability, got {hflip}")
         if crop_scale is not None and not 0.0 < crop_scale <= 1.0:
             raise ValueError(f"crop_scale must lie in (0, 1], got {crop_scale}")
-        if not 0.0 < crop_ratio[0] <= crop_ratio[1]:
-            raise ValueError(f"crop_ratio must be an increasing positive pair, got {crop_ratio}")
         self.out_size = out_size
         self.hflip = hflip
         self.rotation = rotation
         self.crop_scale = crop_scale
-        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        self.crop_ratio = check_crop_ratio(crop_ratio)
 
     @classmethod
     def from_config(cls, p, out_size: int | None = None) -> BatchAugment:

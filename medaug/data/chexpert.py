@@ -12,6 +12,8 @@ Columns read: ``Path`` and the 14 observations (required); ``Frontal/Lateral``, 
   file name's ``_frontal`` / ``_lateral`` when the column is absent or blank;
 - projection from ``AP/PA``: PA, AP, LL, LATERAL; blank on a lateral image -> LATERAL
   (CheXpert leaves it blank there); anything else (blank frontal, RL, ...) -> unknown;
+- study_order = the study number (CheXpert gives no dates; a patient's studies are
+  numbered in the order they were taken);
 - split from the file name (train / valid / test; any other name -> train);
 - image_id = path = the ``Path`` value (relative to the folder above ``CheXpert-v1.0*``).
 
@@ -49,8 +51,10 @@ def split_of(csv: str | Path) -> str:
     return _SPLIT_BY_STEM.get(Path(csv).name.split(".")[0].lower(), "train")
 
 
-def parse_paths(path: pd.Series, source: str) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Patient, study and view word of CheXpert image paths, vectorised over the column.
+def parse_paths(
+    path: pd.Series, source: str
+) -> tuple[pd.Series, pd.Series, pd.Series, np.ndarray]:
+    """Patient, study, view word and study number of CheXpert image paths, vectorised.
 
     Args:
         path: N image paths (``.../patient00001/study12/view1_frontal.jpg``).
@@ -58,7 +62,8 @@ def parse_paths(path: pd.Series, source: str) -> tuple[pd.Series, pd.Series, pd.
 
     Returns:
         patient: N "patient00001"; study: N "patient00001/study12" (the full study number);
-        view: N "frontal" / "lateral" from the file name.
+        view: N "frontal" / "lateral" from the file name; order: N float64 study numbers
+        (12 for study12).
 
     Raises:
         MedaugError: with the count and the first few paths that do not parse.
@@ -80,13 +85,16 @@ def parse_paths(path: pd.Series, source: str) -> tuple[pd.Series, pd.Series, pd.
         )
     parts = pc.split_pattern(text, "/", max_splits=3, reverse=True)  # N lists of 4 strings
     patient = pc.list_element(parts, 1)  # N "patient00001"
+    study_folder = pc.list_element(parts, 2)  # N "study12"
     # N "patient00001/study12": the full study number, so study12 never merges with study2.
-    study = pc.binary_join_element_wise(patient, pc.list_element(parts, 2), "/")
+    study = pc.binary_join_element_wise(patient, study_folder, "/")
+    order = pc.cast(pc.utf8_slice_codeunits(study_folder, 5), pa.float64())  # N 12.0
     view_file = pc.list_element(parts, 3)  # N "view1_frontal.jpg"
     lateral = np.asarray(pc.match_substring_regex(view_file, r"^view\d+_lateral"), dtype=bool)
     view = np.where(lateral, "lateral", "frontal").astype(object)
     # Arrow-backed text columns: no per-row Python objects until validate() asks for them.
-    return pd.Series(patient, dtype="string"), pd.Series(study, dtype="string"), pd.Series(view)
+    return (pd.Series(patient, dtype="string"), pd.Series(study, dtype="string"),
+            pd.Series(view), np.asarray(order, dtype=np.float64))
 
 
 def read_chexpert_file(csv: str | Path, split: str | None = None) -> pd.DataFrame:
@@ -105,7 +113,7 @@ def read_chexpert_file(csv: str | Path, split: str | None = None) -> pd.DataFram
     require_columns(df, ("Path",) + OBSERVATIONS, csv)
     n = len(df)
     path = df["Path"].astype("string").str.strip()
-    patient, study, path_view = parse_paths(path, str(csv))
+    patient, study, path_view, order = parse_paths(path, str(csv))
 
     if "Frontal/Lateral" in df.columns:
         # "Frontal" / "FRONTAL" / "frontal" are all frontal; blank falls back to the file name.
@@ -129,6 +137,7 @@ def read_chexpert_file(csv: str | Path, split: str | None = None) -> pd.DataFram
         "view": view,
         "projection": projection,
         "split": np.full(n, split or split_of(csv), dtype=object),
+        "study_order": order,
     }
     for obs in OBSERVATIONS:
         cols[obs] = df[obs]

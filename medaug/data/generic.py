@@ -5,26 +5,35 @@
     {"path": "file", "patient_id": "subject", "study_id": "visit", "view": "position"}
 
 Required keys: ``path``, ``patient_id`` and at least one of ``view`` / ``projection``.
-Optional keys: ``study_id``, ``image_id``, ``split``, ``sex``, ``age`` and any of the 14
-observation names.  Columns of the CSV that carry a canonical observation name
-("Pleural Effusion", ...) are used as labels without being mapped; observations found
-neither way are blank (NaN).
+Optional keys: ``study_id``, ``image_id``, ``split``, ``sex``, ``age``, ``study_date``,
+``study_order`` and any of the 14 observation names.  Columns of the CSV that carry a
+canonical observation name ("Pleural Effusion", ...) are used as labels without being
+mapped; observations found neither way are blank (NaN).
 
 Value rules (case-insensitive, surrounding blanks ignored):
 
-- ``view``: frontal, lateral, other, or a projection name (PA, AP -> frontal; LATERAL,
-  LL -> lateral).  Anything else is an error.
-- ``projection``: PA, AP, LATERAL, LL; anything else (or blank) is "unknown", except that a
-  lateral image with a blank projection is "LATERAL" (as in CheXpert).  Without a
-  ``view`` column the view follows the projection (unknown -> "other").
+- ``view`` and ``projection`` have a vocabulary: PA, AP (frontal), LATERAL, LL (lateral),
+  frontal (a frontal film of unknown projection) and other (neither frontal nor lateral).
+  A value outside it stops the adapter with one line naming each such value and its count,
+  unless ``value_map`` says what it stands for (see :func:`check_value_map`)::
+
+      {"projection": {"L": "LATERAL", "AP_horizontal": "AP", "COSTAL": "other"}}
+
+  A blank projection is "unknown" (a lateral image with a blank projection is "LATERAL",
+  as in CheXpert); a blank view is outside the vocabulary.  Without a ``view`` column the
+  view follows the projection (blank -> "other"); a ``view`` column holding projection
+  names carries the projection too.
 - ``study_id`` absent: every image is its own study (``"<patient>/<image_id>"``); one study
   per patient would wrongly pair every image of a patient under the "same study" rule.
+- ``study_date``: YYYYMMDD or ISO dates (2015-03-27, 2015-03-27T10:15:00) -> ``study_days``,
+  days since 1970-01-01, the earliest of a study's images; blank -> NaN.
+- ``study_order``: a whole number that orders a patient's studies (a visit number).
 - ``split``: train, valid (also validate / validation / val), test; absent -> train.
 - ``sex``: M / Male -> "Male", F / Female -> "Female", anything else missing.
 - ``image_id`` absent: the path.
 
-The helpers at the top (reading a CSV with one-line errors, required columns, projection
-and sex normalisation) are shared by the dataset adapters.
+The helpers at the top (reading a CSV with one-line errors, required columns, projection,
+sex, date and time normalisation) are shared by the dataset adapters.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medaug.data.schema import COLUMNS, OBSERVATIONS, PROJECTION_TO_VIEW, validate
+from medaug.data.schema import OBSERVATIONS, TABLE_COLUMNS, TIME_COLUMNS, validate
 from medaug.errors import MedaugError
 
 KNOWN_PROJECTIONS: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL")
@@ -48,16 +57,34 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "split",
     "sex",
     "age",
+    "study_date",
+    "study_order",
 ) + OBSERVATIONS
 MAP_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
-_VIEW_WORDS: dict[str, str] = {
-    "FRONTAL": "frontal",
-    "LATERAL": "lateral",
-    "OTHER": "other",
+# The vocabulary of the view and projection columns, as upper-case words (raw values are
+# compared stripped and upper-cased).  FRONTAL is a frontal film of unknown projection,
+# OTHER neither frontal nor lateral.
+VOCABULARY: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "FRONTAL", "OTHER")
+VALUE_MAP_COLUMNS: tuple[str, ...] = ("view", "projection")
+_SHOWN_VOCABULARY = "PA, AP, LATERAL, LL, frontal, other"
+_WORD_VIEW: dict[str | None, str] = {
     "PA": "frontal",
     "AP": "frontal",
+    "FRONTAL": "frontal",
+    "LATERAL": "lateral",
     "LL": "lateral",
+    "OTHER": "other",
+    None: "other",  # a blank projection
+}
+_WORD_PROJECTION: dict[str | None, str | None] = {
+    "PA": "PA",
+    "AP": "AP",
+    "LATERAL": "LATERAL",
+    "LL": "LL",
+    "FRONTAL": "unknown",
+    "OTHER": "unknown",
+    None: None,  # blank: LATERAL on a lateral image, else unknown
 }
 _SPLIT_WORDS: dict[str, str] = {
     "train": "train",
@@ -167,6 +194,111 @@ def normalise_sex(values: pd.Series) -> pd.Series:
                      None)
 
 
+def check_value_map(value_map: dict | None) -> dict[str, dict[str | None, str]]:
+    """Check a value map and return it keyed the way raw values are compared.
+
+    Args:
+        value_map: column ("view" or "projection") -> {raw value: what it stands for}, the
+            latter one of PA, AP, LATERAL, LL, frontal, other (any case).  An empty raw
+            value stands for blank cells.
+
+    Returns:
+        column -> {stripped upper-case raw word (None for blank): upper-case vocabulary word}.
+
+    Raises:
+        MedaugError: an unknown column, a target outside the vocabulary, or one raw value
+            (compared without case) mapped to two different words.
+    """
+    out: dict[str, dict[str | None, str]] = {}
+    for column, pairs in (value_map or {}).items():
+        if column not in VALUE_MAP_COLUMNS:
+            raise MedaugError(
+                f"data.value_map: column {column!r} has no vocabulary to map; "
+                f"valid: {', '.join(VALUE_MAP_COLUMNS)}"
+            )
+        if not isinstance(pairs, dict):
+            raise MedaugError(
+                f"data.value_map.{column} must map raw values to canonical ones, got {pairs!r}"
+            )
+        table: dict[str | None, str] = {}
+        for raw, target in pairs.items():
+            word = str(target).strip().upper()
+            if word not in VOCABULARY:
+                raise MedaugError(
+                    f"data.value_map: {column}:{raw}={target} names {target!r}; "
+                    f"valid: {_SHOWN_VOCABULARY}"
+                )
+            key = str(raw).strip().upper() or None
+            if table.get(key, word) != word:
+                raise MedaugError(
+                    f"data.value_map: {column} value {raw!r} is mapped to both "
+                    f"{table[key]} and {word}"
+                )
+            table[key] = word
+        out[column] = table
+    return out
+
+
+def vocabulary_words(
+    values: pd.Series,
+    value_map: dict[str | None, str],
+    *,
+    canonical: str,
+    column: str,
+    source: str,
+    blank_ok: bool,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's vocabulary word (see ``VOCABULARY``), through a checked value map.
+
+    Args:
+        values: N raw values of the view or projection column.
+        value_map: one column's entry of :func:`check_value_map`.
+        canonical: "view" or "projection" (for the message).
+        column: the CSV's column name (for the message).
+        source: the file (for the message).
+        blank_ok: blanks are allowed (None) rather than outside the vocabulary.
+
+    Returns:
+        codes: N ints indexing ``distinct``; distinct: U words (None = blank).
+
+    Raises:
+        MedaugError: one line naming each value outside the vocabulary with its count.
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    codes = np.asarray(codes)
+    distinct: list[str | None] = []
+    unknown: dict[str, list] = {}  # word -> [first raw spelling, count]
+    counts = np.bincount(codes, minlength=len(uniques)) if len(uniques) else np.zeros(0, int)
+    for u, count in zip(uniques, counts):  # U distinct values, not N rows
+        raw = "" if pd.isna(u) else str(u).strip()
+        word = raw.upper() or None
+        if word in value_map:
+            distinct.append(value_map[word])
+        elif word in VOCABULARY or (word is None and blank_ok):
+            distinct.append(word)
+        else:
+            entry = unknown.setdefault("" if word is None else word, [raw or "<blank>", 0])
+            entry[1] += int(count)
+            distinct.append(None)
+    if unknown:
+        ranked = sorted(unknown.values(), key=lambda e: (-e[1], e[0]))
+        shown = ", ".join(f"{raw!r} ({n})" for raw, n in ranked[:20])
+        more = f" and {len(ranked) - 20} more" if len(ranked) > 20 else ""
+        raise MedaugError(
+            f"{source}: column {column!r} ({canonical}) has {len(ranked)} value(s) outside the "
+            f"vocabulary: {shown}{more}; known: {_SHOWN_VOCABULARY}; say what each stands for "
+            f"with --map-values {canonical}:RAW=CANONICAL,... (data.value_map in a config)"
+        )
+    return codes, distinct
+
+
+def _through(codes: np.ndarray, distinct: list[str | None], table: dict) -> np.ndarray:
+    """N object array: ``table`` applied to each row's word (looked up once per word)."""
+    lookup = np.empty(len(distinct), dtype=object)
+    lookup[:] = [table[w] for w in distinct]
+    return lookup[codes]
+
+
 def split_from_words(values: pd.Series, source: str) -> pd.Series:
     """train / valid (validate, validation, val) / test in any case -> canonical split names."""
     mapped = map_words(values, {k.upper(): v for k, v in _SPLIT_WORDS.items()}, None)
@@ -180,6 +312,81 @@ def split_from_words(values: pd.Series, source: str) -> pd.Series:
     return mapped
 
 
+def _distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+    """Row codes, counts per distinct value and the distinct values as stripped text (None
+    for blanks; whole floats without their ".0", as a date column with blanks reads)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    codes = np.asarray(codes)
+    texts: list[str | None] = []
+    for u in uniques:  # U distinct values, not N rows
+        if pd.isna(u):
+            texts.append(None)
+        elif isinstance(u, (float, np.floating)) and float(u).is_integer():
+            texts.append(str(int(u)))
+        else:
+            texts.append(str(u).strip() or None)
+    counts = np.bincount(codes, minlength=len(uniques))
+    return codes, counts, pd.Series(texts, dtype=object)
+
+
+def _not_understood(source: str, column: str, text: pd.Series, bad: np.ndarray,
+                    counts: np.ndarray, what: str) -> MedaugError:
+    shown = [str(t) for t in text[bad]][:5]
+    return MedaugError(
+        f"{source}: column {column!r} has {int(counts[bad].sum())} value(s) that are not "
+        f"{what}, e.g. {shown}"
+    )
+
+
+def dates_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
+    """Dates as YYYYMMDD (text or number) or ISO (2015-03-27, 2015-03-27T10:15:00, with an
+    optional UTC offset) -> days since 1970-01-01.
+
+    Returns:
+        N float64 (fractions of a day from ISO times; NaN for blanks).
+
+    Raises:
+        MedaugError: counting the values that are neither, with a few examples.
+    """
+    codes, counts, text = _distinct_text(values)
+    compact = text.str.fullmatch(r"\d{8}").fillna(False).to_numpy(dtype=bool)
+    iso = text.str.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?").fillna(False).to_numpy(dtype=bool)
+    days = np.full(len(text), np.nan)
+    day = pd.Timedelta(days=1)
+    if compact.any():
+        parsed = pd.to_datetime(text[compact], format="%Y%m%d", errors="coerce")
+        days[compact] = (parsed - pd.Timestamp("1970-01-01")) / day
+    if iso.any():
+        parsed = pd.to_datetime(text[iso], format="ISO8601", errors="coerce", utc=True)
+        days[iso] = (parsed - pd.Timestamp("1970-01-01", tz="UTC")) / day
+    bad = text.notna().to_numpy() & np.isnan(days)
+    if bad.any():
+        raise _not_understood(source, column, text, bad, counts, "YYYYMMDD or ISO dates")
+    return days[codes]
+
+
+def times_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
+    """DICOM times HHMMSS(.ffffff) (text or number; leading zeros may be lost) -> the
+    fraction of the day.
+
+    Returns:
+        N float64 in [0, 1) (NaN for blanks).
+    """
+    codes, counts, text = _distinct_text(values)
+    t = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
+    hours, minutes, seconds = np.floor(t / 10000), np.floor(t / 100) % 100, t % 100
+    bad = text.notna().to_numpy() & ~((t >= 0) & (hours < 24) & (minutes < 60) & (seconds < 60))
+    if bad.any():
+        raise _not_understood(source, column, text, bad, counts, "HHMMSS times")
+    return ((hours * 3600 + minutes * 60 + seconds) / 86400.0)[codes]
+
+
+def earliest_per_study(days: np.ndarray, study: pd.Series) -> np.ndarray:
+    """Each row's study time: the earliest of its study's images (NaN if all are blank)."""
+    codes, _ = pd.factorize(study)
+    return pd.Series(days).groupby(codes).transform("min").to_numpy(dtype=np.float64)
+
+
 def shown_values(values: pd.Series, limit: int = 5) -> list[str]:
     """Up to ``limit`` distinct offending values for an error message, blanks as <blank>."""
     return sorted({"<blank>" if pd.isna(v) else str(v) for v in values})[:limit]
@@ -188,13 +395,13 @@ def shown_values(values: pd.Series, limit: int = 5) -> list[str]:
 def canonical_frame(columns: dict[str, object], n: int) -> pd.DataFrame:
     """Assemble the canonical columns; those not given become blank (None / NaN)."""
     data: dict[str, object] = {}
-    for name in COLUMNS:
+    for name in TABLE_COLUMNS:
         if name in columns:
             value = columns[name]
             if isinstance(value, pd.Series):
                 value = value.reset_index(drop=True)
             data[name] = value
-        elif name in OBSERVATIONS or name == "age":
+        elif name in OBSERVATIONS or name in ("age",) + TIME_COLUMNS:
             data[name] = np.full(n, np.nan)
         else:
             data[name] = np.full(n, None, dtype=object)
@@ -208,6 +415,7 @@ def read_generic(
     csv: str | Path,
     *,
     column_map: dict[str, str] | None = None,
+    value_map: dict[str, dict[str, str]] | None = None,
     include_siblings: bool = False,
 ) -> pd.DataFrame:
     """Read any one-row-per-image CSV through ``column_map`` (see the module docstring).
@@ -215,6 +423,8 @@ def read_generic(
     Args:
         csv: the CSV file (.csv or .csv.gz).
         column_map: canonical name -> CSV column.
+        value_map: "view" / "projection" -> {raw value: vocabulary word} (see
+            :func:`check_value_map`).
         include_siblings: ignored (one file holds the whole table).
 
     Returns:
@@ -223,6 +433,7 @@ def read_generic(
     del include_siblings
     csv = Path(csv)
     column_map = dict(column_map or {})
+    value_map = check_value_map(value_map)
     unknown = [k for k in column_map if k not in MAP_KEYS]
     if unknown:
         raise MedaugError(
@@ -236,7 +447,8 @@ def read_generic(
             f"data.column_map for {csv} must name the CSV column(s) for: {', '.join(need)} "
             f"(e.g. data.column_map={{path: file, patient_id: subject, view: position}})"
         )
-    id_keys = ("path", "patient_id", "study_id", "image_id", "split", "view", "projection", "sex")
+    id_keys = ("path", "patient_id", "study_id", "image_id", "split", "view", "projection", "sex",
+               "study_date")
     dtype = {column_map[k]: str for k in id_keys if k in column_map}
     df = read_csv_file(csv, "CSV", dtype=dtype)
     absent = [f"{column_map[k]!r} (for {k})" for k in column_map if column_map[k] not in df.columns]
@@ -263,24 +475,30 @@ def read_generic(
     cols["study_id"] = cols["patient_id"] + "/" + study
 
     if "view" in column_map:
-        raw_view = df[column_map["view"]]
-        view = map_words(raw_view, dict(_VIEW_WORDS), None)
-        bad = view.isna().to_numpy()
-        if bad.any():
-            shown = shown_values(raw_view[bad])
-            raise MedaugError(
-                f"{source}: column {column_map['view']!r} (view) has value(s) {shown}; "
-                f"valid: frontal, lateral, other, PA, AP, LATERAL, LL"
-            )
-        is_lateral = (view == "lateral").to_numpy()
+        view_codes, view_words = vocabulary_words(
+            df[column_map["view"]], value_map.get("view", {}), canonical="view",
+            column=column_map["view"], blank_ok=False, source=source,
+        )
+        view = _through(view_codes, view_words, _WORD_VIEW)
         if "projection" in column_map:
-            projection = normalise_projection(df[column_map["projection"]], is_lateral)
+            codes, distinct = vocabulary_words(
+                df[column_map["projection"]], value_map.get("projection", {}),
+                canonical="projection", column=column_map["projection"], blank_ok=True, source=source,
+            )
         else:
             # A view column holding projection names carries the projection too.
-            projection = normalise_projection(raw_view, is_lateral)
+            codes, distinct = view_codes, view_words
+        projection = _through(codes, distinct, _WORD_PROJECTION)
+        blank = pd.isna(projection)
+        projection[blank] = np.where(view[blank] == "lateral", "LATERAL", "unknown")
     else:
-        projection = normalise_projection(df[column_map["projection"]])
-        view = projection.map(PROJECTION_TO_VIEW)
+        codes, distinct = vocabulary_words(
+            df[column_map["projection"]], value_map.get("projection", {}),
+            canonical="projection", column=column_map["projection"], blank_ok=True, source=source,
+        )
+        projection = _through(codes, distinct, _WORD_PROJECTION)
+        projection[pd.isna(projection)] = "unknown"
+        view = _through(codes, distinct, _WORD_VIEW)
     cols["view"] = view
     cols["projection"] = projection
 
@@ -293,6 +511,11 @@ def read_generic(
         cols["sex"] = normalise_sex(df[column_map["sex"]])
     if "age" in column_map:
         cols["age"] = pd.to_numeric(df[column_map["age"]], errors="coerce")
+    if "study_date" in column_map:
+        days = dates_to_days(df[column_map["study_date"]], source, column_map["study_date"])
+        cols["study_days"] = earliest_per_study(days, cols["study_id"])
+    if "study_order" in column_map:
+        cols["study_order"] = df[column_map["study_order"]]  # checked by validate()
     for obs in OBSERVATIONS:
         if obs in column_map:
             cols[obs] = df[column_map[obs]]

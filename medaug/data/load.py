@@ -71,6 +71,7 @@ def load_table(
     root: str | Path | None = None,
     column_map: dict[str, str] | None = None,
     include_siblings: bool = False,
+    value_map: dict[str, dict[str, str]] | None = None,
 ) -> pd.DataFrame:
     """Read a dataset's metadata into the validated canonical table.
 
@@ -82,6 +83,8 @@ def load_table(
         column_map: canonical name -> column, for dataset ``csv`` only.
         include_siblings: CheXpert: also read ``valid.csv`` and ``test.csv`` beside
             ``train.csv``.
+        value_map: what raw view / projection values stand for, for dataset ``csv`` only
+            (see :func:`medaug.data.generic.check_value_map`).
 
     Returns:
         N x len(schema.COLUMNS) table; ``attrs["root"]`` holds the resolved image root and
@@ -95,19 +98,50 @@ def load_table(
             "dataset 'csv' needs data.column_map naming at least the path, patient_id and "
             "view (or projection) columns"
         )
-    table = reader(Path(csv), include_siblings=include_siblings, column_map=column_map)
+    options: dict = {"include_siblings": include_siblings, "column_map": column_map}
+    if value_map:
+        if dataset != "csv":
+            raise MedaugError(f"data.value_map applies to dataset 'csv' only, not {dataset!r}")
+        options["value_map"] = value_map
+    table = reader(Path(csv), **options)
     first = str(table["path"].iat[0]) if len(table) else None
     table.attrs["root"] = str(resolve_root(csv, first, root))
     table.attrs["dataset"] = dataset
     return table
 
 
+def _pairs(items: list[str], message: Callable[[str], str], blank_key: bool = False
+           ) -> dict[str, str]:
+    """``["a=b", ...]`` -> ``{"a": "b", ...}``, stripped; a malformed item raises
+    ``message(item)``; ``blank_key`` allows ``=b``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not value.strip() or not (key.strip() or blank_key):
+            raise MedaugError(message(item))
+        out[key.strip()] = value.strip()
+    return out
+
+
 def parse_column_map(items: list[str] | None) -> dict[str, str]:
     """``["patient_id=subject", ...]`` -> ``{"patient_id": "subject", ...}`` (command lines)."""
-    out: dict[str, str] = {}
+    return _pairs(items or [], lambda item: f"--map {item!r} must look like canonical=column")
+
+
+def parse_value_map(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """Command-line value maps -> ``data.value_map``.
+
+    ``["projection:L=LATERAL,AP_horizontal=AP", "projection:COSTAL=other"]`` ->
+    ``{"projection": {"L": "LATERAL", "AP_horizontal": "AP", "COSTAL": "other"}}``; an
+    empty raw value (``projection:=other``) stands for blank cells.  The column names and
+    targets are checked by :func:`medaug.data.generic.check_value_map`.
+    """
+    out: dict[str, dict[str, str]] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise MedaugError(f"--map {item!r} must look like canonical=column")
-        out[key.strip()] = value.strip()
+        message = f"--map-values {item!r} must look like column:RAW=CANONICAL,RAW=CANONICAL..."
+        column, sep, rest = item.partition(":")
+        if not sep or not column.strip() or not rest.strip():
+            raise MedaugError(message)
+        pairs = _pairs(rest.split(","), lambda _, m=message: m, blank_key=True)
+        out.setdefault(column.strip(), {}).update(pairs)
     return out

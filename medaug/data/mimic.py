@@ -2,9 +2,13 @@
 
 Three files, found in one folder (each as ``.csv`` or ``.csv.gz``):
 
-- ``mimic-cxr-2.0.0-metadata.csv``: dicom_id, subject_id, study_id, ViewPosition, ...
-  One row per image.  ViewPosition PA, AP, LATERAL, LL keep their name; anything else
-  (AP AXIAL, LAO, blank, ...) is projection "unknown", view "other".
+- ``mimic-cxr-2.0.0-metadata.csv``: dicom_id, subject_id, study_id, ViewPosition,
+  StudyDate, StudyTime, ...  One row per image.  ViewPosition PA, AP, LATERAL, LL keep their
+  name; anything else (AP AXIAL, LAO, blank, ...) is projection "unknown", view "other".
+  study_days from StudyDate (YYYYMMDD) and StudyTime (HHMMSS.fff; the date alone where it is
+  blank), the earliest of the study's images; MIMIC shifts each patient's dates into the
+  future by its own offset, so only differences within a patient mean anything.  Without
+  these two columns study_days is blank.
 - ``mimic-cxr-2.0.0-chexpert.csv``: subject_id, study_id and the 14 observations, one row
   per study, joined on (subject_id, study_id); a study without a row has blank labels.
 - ``mimic-cxr-2.0.0-split.csv``: dicom_id, study_id, subject_id, split
@@ -24,10 +28,13 @@ import pandas as pd
 
 from medaug.data.generic import (
     canonical_frame,
+    dates_to_days,
+    earliest_per_study,
     normalise_projection,
     read_csv_file,
     require_columns,
     split_from_words,
+    times_to_days,
 )
 from medaug.data.schema import OBSERVATIONS, PROJECTION_TO_VIEW, validate
 from medaug.errors import MedaugError
@@ -100,6 +107,10 @@ def read_mimic(
     require_columns(split, ("dicom_id", "split"), split_path)
 
     keys = ["subject_id", "study_id"]
+    timed = "StudyDate" in meta.columns
+    days = dates_to_days(meta["StudyDate"], str(meta_path), "StudyDate") if timed else None
+    if timed and "StudyTime" in meta.columns:
+        days = days + np.nan_to_num(times_to_days(meta["StudyTime"], str(meta_path), "StudyTime"))
     meta = meta[["dicom_id", "subject_id", "study_id", "ViewPosition"]].copy()
     labels = labels[keys + list(OBSERVATIONS)].copy()
     _same_keys(meta, labels, keys)
@@ -144,6 +155,8 @@ def read_mimic(
         "projection": projection,
         "split": image_split,
     }
+    if days is not None:
+        cols["study_days"] = earliest_per_study(days, cols["study_id"])
     for obs in OBSERVATIONS:
         cols[obs] = table[obs]
     assert len(table) == n  # the m:1 join keeps one row per image

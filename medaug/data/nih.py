@@ -4,7 +4,8 @@ Columns read: Image Index, Finding Labels, Follow-up #, Patient ID, View Positio
 Patient Age, Patient Gender (used when present).
 
 - patient_id = Patient ID; study_id = "<patient>/<follow-up #>" (each follow-up visit is a
-  study); image_id = Image Index; path = ``images/<Image Index>``.
+  study); study_order = Follow-up # (no dates are given); image_id = Image Index; path =
+  ``images/<Image Index>``.
 - Every image is frontal; projection from View Position (PA / AP; anything else unknown).
 - Sex: M -> Male, F -> Female.  Age in years ("58", or "058Y" / "003M" / "010D" in older
   releases).
@@ -202,6 +203,7 @@ def read_nih(
         "view": np.full(n, "frontal", dtype=object),
         "projection": normalise_projection(df["View Position"]),
         "split": split,
+        "study_order": followup,  # checked by validate(): a whole number >= 0
     }
     cols.update(nih_labels(df["Finding Labels"], str(csv)))
     if "Patient Gender" in df.columns:

@@ -13,7 +13,14 @@ split          str        "train", "valid" or "test"
 <14 obs.>      float64    CheXpert observations: 1.0, 0.0, -1.0 (uncertain) or NaN (blank)
 sex            str|NA     "Male", "Female" or missing
 age            float64    years, NaN when unknown
+study_days     float64    when the study was taken, in days since 1970-01-01 (NaN: unknown)
+study_order    float64    the study's place in its patient's sequence, a whole number >= 0
+                          (NaN: unknown), where a dataset numbers studies but gives no date
 =============  =========  ==========================================================
+
+The last two (``TIME_COLUMNS``) are optional: a table without them gets them blank.  Both
+hold one value per study.  Only differences within a patient mean anything (MIMIC-CXR shifts
+each patient's dates by its own offset).
 
 Adapters build this table; :func:`validate` checks it; :func:`write_table` and
 :func:`read_table` store it as parquet.  The uncertain-label policy is applied late, by
@@ -63,7 +70,12 @@ ID_COLUMNS: tuple[str, ...] = (
     "split",
 )
 DEMOGRAPHIC_COLUMNS: tuple[str, ...] = ("sex", "age")
+# The columns every input to validate() must have.
 COLUMNS: tuple[str, ...] = ID_COLUMNS + OBSERVATIONS + DEMOGRAPHIC_COLUMNS
+# Optional per-study time: blank (NaN) when an input lacks them.
+TIME_COLUMNS: tuple[str, ...] = ("study_days", "study_order")
+# The columns of a validated table, in order.
+TABLE_COLUMNS: tuple[str, ...] = COLUMNS + TIME_COLUMNS
 
 VIEWS: tuple[str, ...] = ("frontal", "lateral", "other")
 SEXES: tuple[str, ...] = ("Male", "Female")  # or missing
@@ -83,27 +95,44 @@ PROJECTION_TO_VIEW: dict[str, str] = {
 
 def empty_table() -> pd.DataFrame:
     """An empty table with the canonical columns and dtypes."""
-    return validate(pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in COLUMNS}), "empty")
+    return validate(pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in TABLE_COLUMNS}),
+                    "empty")
 
 
 def _dtype(column: str) -> str:
-    if column in OBSERVATIONS or column == "age":
+    if column in OBSERVATIONS or column == "age" or column in TIME_COLUMNS:
         return "float64"
     return "object"
+
+
+def _numbers(raw: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """float64 values of a numeric column, and the rows holding text that is not a number
+    (blank text is NaN, not an error)."""
+    values = pd.to_numeric(raw, errors="coerce").astype("float64")
+    if pd.api.types.is_numeric_dtype(raw):
+        # Numeric columns skip the text scan (stringifying costs ~0.1 s per column at 200k rows).
+        return values, np.zeros(len(raw), dtype=bool)
+    bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    return values, bad.to_numpy()
 
 
 def validate(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
     """Check ``df`` against the schema and return it with canonical column order and dtypes.
 
+    The optional ``TIME_COLUMNS`` are added blank when ``df`` lacks them.
+
     Raises:
         MedaugError: naming ``source`` and the first problem found (missing columns, bad
             category values, duplicate image ids or paths, labels outside {1, 0, -1, blank},
-            a study shared by two patients).
+            a study shared by two patients, a time that is not a number or differs between
+            the images of one study).
     """
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise MedaugError(f"{source}: missing column(s) {', '.join(missing)}")
     out = df.loc[:, list(COLUMNS)].copy(deep=False)  # columns get replaced, never written into
+    for column in TIME_COLUMNS:
+        out[column] = df[column] if column in df.columns else np.nan
     for column in ID_COLUMNS:
         values = out[column]
         # Columns already holding only Python strings (hence nothing missing) skip the
@@ -128,13 +157,10 @@ def validate(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
             )
     for column in OBSERVATIONS:
         raw = out[column]
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        # Text that is neither a number nor blank ("yes", "2?") is an error, not NaN.
+        values, bad = _numbers(raw)
         v = values.to_numpy()
-        bad = ~np.isnan(v) & (v != 1.0) & (v != 0.0) & (v != -1.0)
-        if not pd.api.types.is_numeric_dtype(raw):
-            # Text that is neither a number nor blank ("yes", "2?") is an error, not NaN;
-            # numeric columns skip this (stringifying them costs ~0.1 s per column at 200k rows).
-            bad |= (values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")).to_numpy()
+        bad = bad | (~np.isnan(v) & (v != 1.0) & (v != 0.0) & (v != -1.0))
         if bad.any():
             shown = sorted({str(v) for v in out.loc[bad, column]})[:5]
             raise MedaugError(
@@ -168,7 +194,39 @@ def validate(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
     if shared.any():
         shown = list(dict.fromkeys(out.loc[shared, "study_id"]))[:3]
         raise MedaugError(f"{source}: study id(s) {shown} belong to more than one patient")
+    for column in TIME_COLUMNS:
+        out[column] = _study_time(out, column, study_codes, len(studies), source)
     return out.reset_index(drop=True)
+
+
+def _study_time(
+    out: pd.DataFrame, column: str, study_codes: np.ndarray, n_studies: int, source: str
+) -> pd.Series:
+    """A checked time column: numbers (finite; whole and >= 0 for study_order) or blank,
+    one value per study (the same integer-code trick as the patient check above)."""
+    values, bad = _numbers(out[column])
+    v = values.to_numpy()
+    if column == "study_order":
+        bad = bad | (~np.isnan(v) & ~((v >= 0) & (v == np.round(v))))
+    bad = bad | np.isinf(v)
+    if bad.any():
+        shown = sorted({str(x) for x in out.loc[bad, column]})[:5]
+        rule = "a whole number >= 0" if column == "study_order" else "a finite number of days"
+        raise MedaugError(f"{source}: column {column!r} has value(s) {shown}; allowed: {rule} "
+                          "or blank")
+    if np.isnan(v).all():
+        return values
+    ref = np.full(n_studies, np.nan)
+    ref[study_codes] = v  # the value last written for each study
+    r = ref[study_codes]
+    differs = ~((v == r) | (np.isnan(v) & np.isnan(r)))
+    if differs.any():
+        shown = list(dict.fromkeys(out.loc[differs, "study_id"]))[:3]
+        raise MedaugError(
+            f"{source}: column {column!r} differs between the images of study(s) {shown}; "
+            "it holds one value per study"
+        )
+    return values
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:

@@ -69,8 +69,8 @@ def prepare_data(cfg: Config, out_dir: str | Path, progress: bool = True) -> Pre
     """Load the table and open (building it if needed) the image cache of ``cfg.data``.
 
     Args:
-        cfg: the job's config (``data`` section: dataset, csv, root, column_map, image_size,
-            cache_dir, skip_bad_images, num_loader_workers).
+        cfg: the job's config (``data`` section: dataset, csv, root, column_map, value_map,
+            image_size, cache_dir, skip_bad_images, num_loader_workers).
         out_dir: the job's output folder (default cache location).
         progress: show the cache build's progress bar.
 
@@ -93,13 +93,15 @@ def prepare_data(cfg: Config, out_dir: str | Path, progress: bool = True) -> Pre
     cache_dir = cache_dir_for(cfg, out_dir)
     key = (
         d.dataset, str(csv.resolve()), str(d.root), tuple(sorted(d.column_map.items())),
+        repr(sorted(d.value_map.items())),
         int(d.image_size), str(cache_dir.resolve()), bool(d.skip_bad_images),
     )
     if key in _MEMO:
         return _MEMO[key]
 
     table = load_table(d.dataset, csv, root=d.root, column_map=d.column_map or None,
-                       include_siblings=True)
+                       include_siblings=True,
+                       value_map=(d.value_map or None) if d.dataset == "csv" else None)
     root = Path(table.attrs["root"])
     cache, table = build_cache(
         table, root, d.image_size, cache_dir, workers=d.num_loader_workers,
@@ -150,6 +152,7 @@ def pair_index(data: PreparedData, cfg: Config):
         p.criterion,
         distinct_only=p.distinct_only,
         size_match=p.size_match,
+        anchors_with=p.anchors_with,
         label=cfg.data.target,
         uncertain=cfg.data.uncertain,
         seed=cfg.seed,

@@ -40,6 +40,7 @@ from medaug.engine.schedule import (
     set_lr,
 )
 from medaug.errors import MedaugError
+from medaug.methods import Method
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -144,6 +145,32 @@ def _as_number(x: Any) -> float | None:
         return None
     x = float(x)
     return None if math.isnan(x) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# One optimisation step.
+
+
+def train_step(method: Method, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, rows_a: np.ndarray, rows_b: np.ndarray,
+               grad_clip: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One step of any method: its loss on (anchor rows, partner rows), backward through the
+    AMP scaler, optional clipping of the gradient's global norm, the optimiser step, and the
+    method's after-step (MoCo's enqueue).
+
+    Returns:
+        the detached loss and the method's statistics.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss, stats = method.step(net, rows_a, rows_b)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+        torch.nn.utils.clip_grad_norm_(method.module.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    method.after_step()
+    return loss.detach(), stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +332,9 @@ def pretrain(
             on all workers) and the checkpoint folder written this epoch (rank 0, on
             checkpoint epochs) or None.  Metrics: epoch (completed epochs), loss, lr,
             images_per_s, n_fallback_pairs (anchors of the epoch paired with themselves
-            because S_c(x) was empty), n_neg_fallback, n_neg_short (from the loss), knn_auc
+            because S_c(x) was empty), n_neg_fallback, n_neg_short, n_neg_own (queue keys of
+            the query's own image, summed over the epoch's queries: no negatives unless
+            pretrain.keep_own_image_negatives), n_neg_own_queries (from the loss), knn_auc
             (None on epochs without monitor), best_epoch, best_knn_auc.
         resume: continue from the newest checkpoint of ``resume_from`` and ``out_dir``; with
             False, a previous run in ``out_dir`` is cleared and training starts over.
@@ -447,16 +476,7 @@ def pretrain(
             mine = slice(step * global_batch + rank * p.batch_size,
                          step * global_batch + (rank + 1) * p.batch_size)
             rows_a, rows_b = anchor_rows[mine], partner_rows[mine]  # B, B
-            optimizer.zero_grad(set_to_none=True)
-            loss, stats = method.step(net, rows_a, rows_b)
-            scaler.scale(loss).backward()
-            if p.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step()
-            loss = loss.detach()
+            loss, stats = train_step(method, net, optimizer, scaler, rows_a, rows_b, p.grad_clip)
 
             # Accumulated on the device: no host synchronisation per step.
             for name, value in (("loss", loss), *stats.items()):

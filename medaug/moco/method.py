@@ -45,7 +45,7 @@ class MocoMethod(Method):
             hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
             crop_ratio=tuple(p.crop_ratio),
         )
-        self.loss_args = dict(t=p.reweight_t, m=p.n_hard)
+        self.loss_args = dict(t=p.reweight_t, m=p.n_hard, keep_own_image=p.keep_own_image_negatives)
         self.strategy, self.temperature = p.negatives, p.temperature
         self.view = torch.from_numpy(data.view)  # N
         self.patient = torch.from_numpy(data.patient)  # N
@@ -84,12 +84,16 @@ class MocoMethod(Method):
         self.model.momentum_update()
         with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
             q, k = net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
+        # The queue's image ids are table rows: keys of the anchor's own row are no negatives.
         loss, stats = contrastive_loss(
             q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
-            **self.loss_args,
+            q_image=torch.from_numpy(rows_a).to(device), **self.loss_args,
         )
         self._pending = (k.detach(), rows_b)
-        return loss, {"n_neg_fallback": stats["n_fallback"], "n_neg_short": stats["n_short"]}
+        return loss, {
+            "n_neg_fallback": stats["n_fallback"], "n_neg_short": stats["n_short"],
+            "n_neg_own": stats["n_own"], "n_neg_own_queries": stats["n_own_queries"],
+        }
 
     def after_step(self) -> None:
         # The queue takes the KEY images' metadata, gathered across workers inside enqueue.

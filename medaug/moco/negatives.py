@@ -10,15 +10,26 @@ which covers plain masking (eq. 5), reweighting (eq. 6) and appended keys (eq. 7
 synthetic variant) without a Python loop over queries.  A new strategy is one function
 registered here; nothing else in the package has to change.
 
+Keys of the query's own image.  The paper's negatives are "all keys from the queue that are
+not views of the query image": given the query images' ids, every strategy drops the slots
+holding a key computed from the query's own image (log-weight -inf), including them in no
+sample it appends.  With positive pairs drawn among other images of the patient, x itself
+is often the partner of a later anchor, so its keys do sit in the queue.  The positive key
+of the pair stays the positive.  Such slots are counted in ``stats["n_own"]`` (query-slot
+pairs) and ``stats["n_own_queries"]`` (queries with at least one); ``keep_own_image``
+keeps them as negatives (MoCo's plain queue) while still counting them.
+
 Empty queue slots (view == -1, still holding MoCo's random initial keys):
 
-* ``default`` keeps MoCo's semantics: all K slots are negatives, filled or not.
+* ``default`` keeps MoCo's semantics: all K slots are negatives, filled or not (less the
+  keys of the query's own image).
 * the laterality strategies only look at filled slots: ``same_lat_only`` and
   ``reweighted`` use the filled same-laterality (and, for reweighted, other-laterality)
   slots; ``appended`` and ``synthetic`` append samples drawn from filled same-laterality
   slots to the default row.
-* a query whose laterality has no filled slot in the queue falls back to the default row
-  (all K slots, unweighted); such queries are counted in ``stats["n_fallback"]``.
+* a query whose laterality has no filled slot in the queue (other than keys of its own
+  image) falls back to the default row (all K slots less its own image's, unweighted);
+  such queries are counted in ``stats["n_fallback"]``.
 
 Laterality codes are those of :mod:`medaug.moco.queue`: 0 frontal, 1 lateral, 2 other.
 """
@@ -49,6 +60,8 @@ class NegativeBatch:
         keys: K x C queue keys.
         view: K laterality code per slot (-1 = empty).
         q_view: N laterality code per query.
+        own: N x K bool, slot j holds a key of query i's own image and is no negative of it
+            (all False for MoCo's plain queue).
         temperature: softmax temperature.
         t: target share of the negative weight for same-laterality keys (reweighted).
         m: number of same-laterality keys appended per query (appended, synthetic).
@@ -64,10 +77,20 @@ class NegativeBatch:
     t: float
     m: int
     generator: torch.Generator | None
+    own: Tensor
+
+    def filled(self) -> Tensor:
+        """N x K bool: slot j is filled and holds no key of query i's own image."""
+        return (self.view >= 0)[None, :] & ~self.own
 
     def same_laterality(self) -> Tensor:
-        """N x K bool: slot j is filled and has the laterality of query i."""
-        return (self.view[None, :] == self.q_view[:, None]) & (self.view[None, :] >= 0)
+        """N x K bool: slot j is filled, has the laterality of query i and holds no key of
+        query i's own image."""
+        return (self.view[None, :] == self.q_view[:, None]) & self.filled()
+
+    def default_log_w(self) -> Tensor:
+        """N x K log-weights of the default row: 0, and -inf on the query's own image."""
+        return torch.zeros_like(self.l_neg).masked_fill(self.own, NEG_INF)
 
 
 # A strategy returns (negative logits N x L, log-weights N x L, stats).
@@ -109,9 +132,13 @@ def check_strategy(name: str) -> str:
 def _rand(
     shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
 ) -> Tensor:
-    """Uniform [0, 1) numbers drawn on the generator's device, moved to ``device``."""
+    """Uniform [0, 1) float64 numbers drawn on the generator's device, moved to ``device``.
+
+    float64, so that the integer choices made from them (``floor(u * c)``) are exactly
+    those of a plain float64 reimplementation of the draw.
+    """
     gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
 
 
 def sample_same_laterality(
@@ -119,8 +146,9 @@ def sample_same_laterality(
 ) -> tuple[Tensor, Tensor]:
     """Draw up to ``m`` distinct same-laterality slots per query, uniformly at random.
 
-    Random scores are drawn for every slot, non-eligible slots get -1, and ``topk`` picks
-    the m highest: the eligible slots come first, in a uniformly random order.
+    Random scores (one N x K float64 uniform draw) are drawn for every slot, non-eligible
+    slots get -1, and ``topk`` picks the m highest: the eligible slots come first, in
+    decreasing order of score, i.e. a uniformly random order.
 
     Args:
         same: N x K bool eligibility mask.
@@ -147,9 +175,11 @@ def mix_pairs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Synthetic keys: normalised mixtures u * s_i + (1 - u) * s_j of random sampled pairs.
 
-    Per query as many mixtures as it has valid samples (m, or fewer on shortage).  i and j
-    are drawn independently and uniformly among the query's valid samples (so i == j is
-    possible, and is the only choice when a single sample exists); u ~ U(0, 1).
+    Per query as many mixtures as it has valid samples (m, or fewer on shortage).  With
+    c >= 2 valid samples, (i, j) is uniform over the ordered pairs of two distinct samples:
+    i uniform in [0, c), j' uniform in [0, c - 1), j = j' + (j' >= i).  With a single sample
+    the mixture is that sample (i = j = 0).  u ~ U(0, 1).  The three draws are, in order,
+    N x m uniforms for i, for j' and for u.
 
     Args:
         sampled: N x m x C the sampled keys.
@@ -163,11 +193,13 @@ def mix_pairs(
     """
     n, mm, _ = sampled.shape
     count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # N x 1; 0-count rows are masked later
-    i = (_rand((n, mm), generator, sampled.device) * count).long().clamp(max=mm - 1)  # N x m
-    i = torch.minimum(i, count - 1)
-    j = (_rand((n, mm), generator, sampled.device) * count).long().clamp(max=mm - 1)  # N x m
-    j = torch.minimum(j, count - 1)
-    u = _rand((n, mm), generator, sampled.device)  # N x m
+    others = (count - 1).clamp(min=1)  # N x 1: choices for the second sample
+    i = (_rand((n, mm), generator, sampled.device) * count).long()  # N x m
+    i = torch.minimum(i, count - 1)  # guards the float32 rounding of u * c up to c
+    j = (_rand((n, mm), generator, sampled.device) * others).long()  # N x m
+    j = torch.minimum(j, others - 1)
+    j = torch.where(count > 1, j + (j >= i).long(), i)  # skip i; a lone sample mixes with itself
+    u = _rand((n, mm), generator, sampled.device).to(sampled.dtype)  # N x m
     s_i = sampled.gather(1, i[..., None].expand_as(sampled))  # N x m x C
     s_j = sampled.gather(1, j[..., None].expand_as(sampled))  # N x m x C
     h = u[..., None] * s_i + (1.0 - u[..., None]) * s_j  # N x m x C
@@ -181,7 +213,7 @@ def mix_pairs(
 @register_strategy("default")
 def _default(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     """Eq. (4): every queue slot is a negative."""
-    return b.l_neg, torch.zeros_like(b.l_neg), {"n_fallback": 0, "n_short": 0}
+    return b.l_neg, b.default_log_w(), {"n_fallback": 0, "n_short": 0}
 
 
 @register_strategy("same_lat_only")
@@ -190,7 +222,7 @@ def _same_lat_only(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     same = b.same_laterality()  # N x K
     fallback = ~same.any(dim=1)  # N
     keep = same | fallback[:, None]  # N x K
-    log_w = torch.zeros_like(b.l_neg).masked_fill(~keep, NEG_INF)
+    log_w = b.default_log_w().masked_fill(~keep, NEG_INF)
     return b.l_neg, log_w, {"n_fallback": int(fallback.sum()), "n_short": 0}
 
 
@@ -199,15 +231,14 @@ def _reweighted(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     """Eq. (6): filled slots weighted so same-laterality keys hold a share t of the weight.
 
     w_same = t / r and w_other = (1 - t) / (1 - r), r = (same-laterality filled slots) /
-    (filled slots).  The weights average to one over the filled slots, so the loss scale
+    (filled slots), both counted without the keys of the query's own image.  The weights average to one over the filled slots, so the loss scale
     matches the unweighted loss.  When a query's laterality fills the whole queue (r = 1)
     the share t cannot be reached; its row is the unweighted filled queue.  t = 0.1 gives
     the hard negatives 10% (the formula); the paper's prose reads t = 0.1 as 90%, which is
     t = 0.9 here.
     """
     same = b.same_laterality()  # N x K
-    filled = (b.view >= 0)[None, :]  # 1 x K
-    other = filled & ~same  # N x K
+    other = b.filled() & ~same  # N x K
     n_same = same.sum(dim=1).to(b.l_neg.dtype)  # N
     n_other = other.sum(dim=1).to(b.l_neg.dtype)  # N
     r = n_same / (n_same + n_other).clamp(min=1.0)  # N
@@ -219,7 +250,7 @@ def _reweighted(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     log_w = torch.full_like(b.l_neg, NEG_INF)  # N x K
     log_w = torch.where(same, log_ws[:, None], log_w)
     log_w = torch.where(other, log_wd[:, None], log_w)
-    log_w = torch.where(fallback[:, None], torch.zeros_like(log_w), log_w)
+    log_w = torch.where(fallback[:, None], b.default_log_w(), log_w)
     return b.l_neg, log_w, {"n_fallback": int(fallback.sum()), "n_short": 0}
 
 
@@ -242,7 +273,7 @@ def _appended(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     """Q^a = Q || A: m random filled same-laterality slots appended to the whole queue."""
     index, valid, l_app, stats = _appended_parts(b)
     logits = torch.cat([b.l_neg, l_app], dim=1)  # N x (K + m)
-    log_w = torch.cat([torch.zeros_like(b.l_neg), _mask(valid, l_app)], dim=1)
+    log_w = torch.cat([b.default_log_w(), _mask(valid, l_app)], dim=1)
     stats["debug"] = {"appended_index": index, "appended_valid": valid}
     return logits, log_w, stats
 
@@ -255,7 +286,7 @@ def _synthetic(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     synthetic, pairs, u = mix_pairs(sampled, valid, b.generator)  # N x m x C
     l_syn = torch.einsum("nc,nmc->nm", b.q, synthetic) / b.temperature  # N x m
     logits = torch.cat([b.l_neg, l_app, l_syn], dim=1)  # N x (K + 2m)
-    log_w = torch.cat([torch.zeros_like(b.l_neg), _mask(valid, l_app), _mask(valid, l_syn)], dim=1)
+    log_w = torch.cat([b.default_log_w(), _mask(valid, l_app), _mask(valid, l_syn)], dim=1)
     stats["debug"] = {
         "appended_index": index,
         "appended_valid": valid,
@@ -269,12 +300,14 @@ def _synthetic(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _queue_tensors(queue) -> tuple[Tensor, Tensor]:
+def _queue_tensors(queue) -> tuple[Tensor, Tensor, Tensor | None]:
     if isinstance(queue, (tuple, list)):
-        keys, view = queue
+        if len(queue) not in (2, 3):
+            raise ValueError("queue must be a KeyQueue or a tuple (keys, view[, image])")
+        keys, view, image = (*queue, None) if len(queue) == 2 else queue
     else:
-        keys, view = queue.keys, queue.view
-    return keys, view
+        keys, view, image = queue.keys, queue.view, queue.image
+    return keys, view, image
 
 
 def contrastive_loss(
@@ -288,6 +321,8 @@ def contrastive_loss(
     t: float = 0.1,
     m: int = 16,
     generator: torch.Generator | None = None,
+    q_image: Tensor | None = None,
+    keep_own_image: bool = False,
     debug: bool = False,
 ) -> tuple[Tensor, dict]:
     """MoCo's InfoNCE loss with the negatives chosen by ``strategy``.
@@ -295,27 +330,36 @@ def contrastive_loss(
     Args:
         q: N x C unit query vectors (with gradient).
         k: N x C unit positive keys (no gradient needed).
-        queue: a :class:`~medaug.moco.queue.KeyQueue`, or a pair (keys K x C, view K).
+        queue: a :class:`~medaug.moco.queue.KeyQueue`, or a tuple (keys K x C, view K) or
+            (keys, view, image K), image being the id of each slot's key image (-1 empty).
         q_view: N laterality codes of the query images (0 frontal, 1 lateral, 2 other).
         strategy: a name from :func:`list_strategies`.
         temperature: softmax temperature (reference: 0.2).
         t: share of the negative weight given to same-laterality keys (reweighted).
         m: same-laterality keys appended per query (appended, synthetic).
         generator: random source for appended/synthetic (on any device).
+        q_image: N ids of the query images (the ids the queue stores); keys of a query's own
+            image are then no negatives of it.  None: the plain queue, nothing counted.
+        keep_own_image: count the keys of the query's own image but keep them as negatives
+            (MoCo's plain queue).
         debug: also return the sampled indices, synthetic keys, the logits and log-weights
             under ``stats["debug"]``.
 
     Returns:
         The mean loss over the N queries (a scalar, float32) and stats:
         ``n_fallback`` (queries with no filled same-laterality slot, which used the default
-        row) and ``n_short`` (queries with fewer than m such slots; appended/synthetic).
+        row), ``n_short`` (queries with fewer than m such slots; appended/synthetic),
+        ``n_own`` (query-slot pairs where the slot holds a key of the query's own image) and
+        ``n_own_queries`` (queries with at least one such slot).
     """
     fn = _REGISTRY[check_strategy(strategy)]
     if not 0.0 < t < 1.0:
         raise MedaugError(f"reweighting share t must lie in (0, 1), got {t}")
     if m < 1:
         raise MedaugError(f"number of appended negatives m must be positive, got {m}")
-    keys, view = _queue_tensors(queue)
+    keys, view, image = _queue_tensors(queue)
+    if q_image is not None and image is None:
+        raise ValueError("q_image needs the queue's image ids: pass (keys, view, image)")
     # The loss runs in float32 even under autocast: exp/logsumexp of 1/T-scaled logits.
     with torch.autocast(device_type=q.device.type, enabled=False):
         q = q.float()
@@ -323,6 +367,12 @@ def contrastive_loss(
         k = k.detach().float()
         l_pos = (q * k).sum(dim=1, keepdim=True) / temperature  # N x 1
         l_neg = q @ keys.T / temperature  # N x K
+        if q_image is None:
+            own = torch.zeros_like(l_neg, dtype=torch.bool)  # N x K
+        else:
+            # Empty slots hold image -1, which no query has.
+            own = image.to(q.device)[None, :] == q_image.to(q.device)[:, None]  # N x K
+        n_own = own.sum(dim=1)  # N
         batch = NegativeBatch(
             q=q,
             l_neg=l_neg,
@@ -333,10 +383,13 @@ def contrastive_loss(
             t=t,
             m=m,
             generator=generator,
+            own=torch.zeros_like(own) if keep_own_image else own,
         )
         logits, log_w, stats = fn(batch)  # N x L, N x L
         full = torch.cat([l_pos, logits + log_w], dim=1)  # N x (1 + L)
         loss = (torch.logsumexp(full, dim=1) - l_pos[:, 0]).mean()
+    stats["n_own"] = int(n_own.sum())
+    stats["n_own_queries"] = int((n_own > 0).sum())
     extra = stats.pop("debug", {})
     if debug:
         stats["debug"] = {**extra, "logits": logits, "log_weights": log_w, "l_pos": l_pos}

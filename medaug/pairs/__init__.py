@@ -1,4 +1,5 @@
-"""Positive-pair sets S_c(x): the criteria registry, the vectorised index and its sampler.
+"""Positive-pair sets S_c(x): the criterion grammar and its named presets, the vectorised
+index and its sampler.
 
 The registry is imported eagerly (it is pure Python, and the config checks names against it);
 the numpy/pandas parts load on first use.
@@ -11,9 +12,11 @@ from medaug.pairs.criteria import (
     CRITERIA,
     Criterion,
     check_criterion,
+    criterion_label,
     get_criterion,
     list_criteria,
     register_criterion,
+    resolve_criterion,
 )
 
 _LAZY = {
@@ -29,9 +32,11 @@ __all__ = [
     "CRITERIA",
     "Criterion",
     "check_criterion",
+    "criterion_label",
     "get_criterion",
     "list_criteria",
     "register_criterion",
+    "resolve_criterion",
     *_LAZY,
 ]
 

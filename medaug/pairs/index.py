@@ -1,23 +1,32 @@
 """The positive-pair index: every anchor's set S_c(x) as CSR arrays, built in bulk with numpy.
 
-The table is never scanned per sample.  Rows are grouped by a key made of the patient and of
-every ``same`` rule of the criterion (study, view, label), so a group holds exactly the
-images that can pair on those rules; the within-group cross product (small, since patients
-have few images) is enumerated at once with repeat/cumsum arithmetic, and the remaining
-``distinct`` rules and the distinct-images option are boolean masks over it.
+The table is never scanned per sample.  Rows are grouped by the codes of the criterion's
+``same`` columns (and the label class for ``label: same``), so a group holds exactly the
+images that can pair on those rules; the within-group cross product (small when a patient
+column is among them, since patients have few images) is enumerated with repeat/cumsum
+arithmetic, in chunks of anchors so memory stays bounded, and the ``distinct`` and
+``within`` rules and the distinct-images option are boolean masks over it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medaug.errors import MedaugError
-from medaug.pairs.criteria import Criterion, get_criterion
+from medaug.pairs.criteria import Criterion, check_columns, resolve_criterion
 
 _UNCERTAIN = ("ignore", "zeros", "ones")
+# Candidate pairs (anchor, group member) enumerated per chunk, and at most in all: beyond
+# that a criterion's groups are too large (no patient column among ``same``).
+CHUNK_PAIRS = 1 << 22
+MAX_CANDIDATES = 400_000_000
+
+CriterionSpec = str | Mapping[str, Any] | Criterion
 
 
 @dataclass
@@ -30,9 +39,17 @@ class PairIndex:
         indices: nnz int64 row positions of the partners (ascending within each set).
         fallback: A bool; True where S_c(x) was empty and the set is {x} (instance
             discrimination for that anchor).
-        n_skipped: rows dropped as anchors because distinct-only left their set empty.
+        n_skipped: rows not kept as anchors (``n_rows - len(anchors)``): rows left out by
+            the anchor restriction, and rows whose set distinct-only left empty.
         n_rows: rows of the table the index was built on.
-        criterion, distinct_only, size_match, label, uncertain, seed: how it was built.
+        criterion: the criterion's readable name (a registered name for the presets).
+        distinct_only, label, uncertain, seed: how it was built.
+        size_match: readable name of the size-matching criterion, or None.
+        anchors_with: readable name of the criterion anchors were restricted by (None: every
+            row is a candidate anchor; a restriction inside the criterion counts too).
+        n_restricted: rows left out because they have no partner other than themselves
+            under ``anchors_with``.
+        criterion_spec: the criterion in the grammar's words (presets spelt out).
     """
 
     anchors: np.ndarray
@@ -47,6 +64,9 @@ class PairIndex:
     label: str | None = None
     uncertain: str = "ignore"
     seed: int = 0
+    anchors_with: str | None = None
+    n_restricted: int = 0
+    criterion_spec: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.anchors)
@@ -103,76 +123,134 @@ def _combine(key: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return _codes(pd.Series(mixed, copy=False))
 
 
-class _Columns:
-    """Integer-coded metadata of a table, computed once and shared by several criteria."""
+class _Table:
+    """Integer-coded columns and groupings of a table, computed once and shared by the
+    criterion, its size-matching reference and its anchor restrictions."""
 
-    def __init__(self, table: pd.DataFrame) -> None:
-        missing = [c for c in ("patient_id", "study_id", "view") if c not in table.columns]
-        if missing:
-            raise MedaugError(
-                f"table lacks column(s) {', '.join(missing)} needed to build positive pairs"
-            )
+    def __init__(self, table: pd.DataFrame, label: np.ndarray | None) -> None:
+        self.table = table
         self.n = len(table)
-        self.patient = _codes(table["patient_id"])
-        # A study key is (patient, study): comparisons happen only within a patient, and the
-        # grouping combines both, so study numbers repeated across patients stay distinct.
-        self.study = _codes(table["study_id"])
-        self.view = _codes(table["view"])
-        self.label: np.ndarray | None = None
+        self.label = label  # N int8 pairing-label classes, for label rules
+        self._codes: dict[str, np.ndarray] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+        self._groups: dict[tuple, tuple[np.ndarray, ...]] = {}
+
+    def codes(self, column: str) -> np.ndarray:
+        if column not in self._codes:
+            self._codes[column] = _codes(self.table[column])
+        return self._codes[column]
+
+    def numbers(self, column: str) -> np.ndarray:
+        """float64 values of a numeric column (NaN where missing) for ``within`` windows."""
+        if column not in self._numbers:
+            values = self.table[column]
+            if not (
+                pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            ):
+                raise MedaugError(
+                    f"within.{column} needs a numeric column; {column!r} holds {values.dtype} values"
+                )
+            self._numbers[column] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        return self._numbers[column]
+
+    def groups(self, crit: Criterion) -> tuple[np.ndarray, ...]:
+        """(order, starts, sizes, group): rows sorted by the ``same`` key, the G group starts
+        in that order, the G group sizes and each row's group."""
+        cache_key = (crit.same, crit.same_label)
+        if cache_key not in self._groups:
+            key = self.codes(crit.same[0])
+            for column in crit.same[1:]:
+                key = _combine(key, self.codes(column))
+            if crit.same_label:
+                assert self.label is not None
+                key = _combine(key, self.label.astype(np.int64) + 1)
+            order = np.argsort(key, kind="stable")  # N: rows by group, ascending within
+            sorted_key = key[order]
+            starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])  # G
+            sizes = np.diff(np.r_[starts, self.n])  # G
+            group = np.empty(self.n, dtype=np.int64)
+            group[order] = np.repeat(np.arange(len(starts)), sizes)  # N
+            self._groups[cache_key] = (order, starts, sizes, group)
+        return self._groups[cache_key]
 
 
 def _pair_sets(
-    cols: _Columns, crit: Criterion, distinct_only: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw sets S_c(x) for every row (before size-matching and fallback).
+    tab: _Table,
+    crit: Criterion,
+    distinct_only: bool,
+    rows: np.ndarray | None = None,
+    partners: bool = True,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sets S_c(x) of every row (before size matching and fallback).
 
+    Args:
+        rows: N bool; only these rows get sets (the others count 0).  None: every row.
+        partners: False to count members only (no partner array is kept).
+        rng: the generator of the ``max_partners`` pre-selection.
     Returns:
-        counts: N int64 set size per row.
-        partners: nnz int64 partner rows, grouped by anchor row ascending.
+        counts: N int64 set sizes (after the ``max_partners`` cut).
+        partners: nnz int64 members, grouped by anchor row ascending (None when not asked).
     """
-    n = cols.n
-    rows = np.arange(n, dtype=np.int64)
-    if crit.self_only:
-        keep = np.ones(n, dtype=bool) if not distinct_only else np.zeros(n, dtype=bool)
-        return keep.astype(np.int64), rows[keep]
+    n = tab.n
+    order, starts, sizes, group = tab.groups(crit)
+    g = sizes[group]  # N: candidates per anchor = its group's size
+    if rows is not None:
+        g = np.where(rows, g, 0)
+    cum = np.cumsum(g)  # N
+    total = int(cum[-1])
+    if total > MAX_CANDIDATES:
+        raise MedaugError(
+            f"criterion {crit.label!r} compares {total:,} candidate pairs (groups of up to "
+            f"{int(sizes.max()):,} images): add a narrower column to 'same' (e.g. patient_id)"
+        )
+    # Chunks of consecutive anchor rows of about CHUNK_PAIRS candidates each.
+    cuts = np.searchsorted(cum, np.arange(CHUNK_PAIRS, total, CHUNK_PAIRS), side="left") + 1
+    edges = np.unique(np.r_[0, cuts, n])
+    counts = np.zeros(n, dtype=np.int64)
+    kept: list[np.ndarray] = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        gc = g[lo:hi]  # anchors of the chunk
+        m = int(gc.sum())
+        if m == 0:
+            continue
+        # Pair t belongs to anchor a[t] and takes the w-th member of its group.
+        first = np.cumsum(gc) - gc
+        a = np.repeat(np.arange(lo, hi, dtype=np.int64), gc)  # m
+        w = np.arange(m, dtype=np.int64) - np.repeat(first, gc)  # m
+        b = order[np.repeat(starts[group[lo:hi]], gc) + w]  # m: member rows
+        mask = np.ones(m, dtype=bool)
+        for column in crit.distinct:
+            codes = tab.codes(column)
+            mask &= codes[a] != codes[b]
+        for column, window in crit.within:
+            values = tab.numbers(column)
+            mask &= np.abs(values[a] - values[b]) <= window  # NaN never within
+        if distinct_only:
+            mask &= a != b
+        chunk_counts = np.bincount(a[mask] - lo, minlength=hi - lo).astype(np.int64)
+        if partners:
+            members = b[mask]
+            if crit.max_partners is not None:
+                assert rng is not None
+                cap = np.full(hi - lo, crit.max_partners, dtype=np.int64)
+                chunk_counts, members = _cut_to(chunk_counts, members, cap, rng)
+            kept.append(members)
+        elif crit.max_partners is not None:
+            chunk_counts = np.minimum(chunk_counts, crit.max_partners)
+        counts[lo:hi] = chunk_counts
+    if not partners:
+        return counts, None
+    return counts, np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
-    # Group key: the patient plus every attribute that must be equal.
-    key = cols.patient
-    if crit.study == "same":
-        key = _combine(key, cols.study)
-    if crit.laterality == "same":
-        key = _combine(key, cols.view)
-    if crit.same_label:
-        assert cols.label is not None
-        key = _combine(key, cols.label.astype(np.int64) + 1)
 
-    order = np.argsort(key, kind="stable")  # N: rows sorted by group, ascending within
-    sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])  # G group starts
-    sizes = np.diff(np.r_[starts, n])  # G
-    group = np.empty(n, dtype=np.int64)
-    group[order] = np.repeat(np.arange(len(starts)), sizes)  # N: group of each row
-    g = sizes[group]  # N: candidates per anchor row = its group's size
-    total = int(g.sum())
-
-    # Cross product within groups, pairs ordered by anchor row: pair t belongs to anchor
-    # a[t] and takes the w-th member of its group (w = t - first pair of that anchor).
-    first = np.cumsum(g) - g  # N
-    a = np.repeat(rows, g)  # total
-    w = np.arange(total, dtype=np.int64) - np.repeat(first, g)  # total
-    b = order[np.repeat(starts[group], g) + w]  # total: partner rows
-
-    mask = np.ones(total, dtype=bool)
-    if crit.study == "distinct":
-        mask &= cols.study[a] != cols.study[b]
-    if crit.laterality == "distinct":
-        mask &= cols.view[a] != cols.view[b]
-    if distinct_only:
-        mask &= a != b
-    if mask.all():
-        return g.astype(np.int64), b
-    counts = np.bincount(a[mask], minlength=n).astype(np.int64)
-    return counts, b[mask]
+def _with_partner(tab: _Table, within: Criterion, rows: np.ndarray) -> np.ndarray:
+    """N bool: ``rows`` that have a partner other than themselves under ``within`` (and,
+    recursively, satisfy its own anchor restriction)."""
+    if within.anchors_with is not None:
+        rows = _with_partner(tab, within.anchors_with, rows)
+    counts, _ = _pair_sets(tab, within.rules(), distinct_only=True, rows=rows, partners=False)
+    return counts > 0
 
 
 def _cut_to(
@@ -208,10 +286,11 @@ def _cut_to(
 
 def build_pair_index(
     table: pd.DataFrame,
-    criterion: str,
+    criterion: CriterionSpec,
     *,
     distinct_only: bool = False,
-    size_match: str | None = None,
+    size_match: CriterionSpec | None = None,
+    anchors_with: CriterionSpec | None = None,
     label: str | None = None,
     uncertain: str = "ignore",
     seed: int = 0,
@@ -219,91 +298,131 @@ def build_pair_index(
     """Build the positive-pair sets of every image of ``table`` under ``criterion``.
 
     Args:
-        table: N rows with at least ``patient_id``, ``study_id``, ``view`` (and ``label``'s
-            column for label criteria).  Row positions, not index labels, identify images.
-        criterion: a registered criterion name (see :func:`medaug.pairs.list_criteria`).
+        table: N rows with the columns the criteria read (and ``label``'s column for label
+            rules).  Row positions, not index labels, identify images.
+        criterion: a registered name (see :func:`medaug.pairs.list_criteria`), a grammar
+            mapping (see :mod:`medaug.pairs.criteria`) or a :class:`Criterion`.  Its
+            ``max_partners`` cut (seeded, uniform, fixed for the run) comes first.
         distinct_only: remove x from its own set; anchors left with an empty set are skipped.
         size_match: another criterion R; every set larger than |S_R(x)| is cut once, by
             seeded uniform pre-selection, to that size (with distinct-only, both sets are
-            taken without x).
-        label: the observation compared by label criteria (required for them).
+            taken without x; R's own ``max_partners`` caps |S_R(x)|).
+        anchors_with: another criterion W; only rows x with at least one partner other than
+            x itself under W's rules (S_W(x) \\ {x} non-empty) are anchors, whatever W's
+            rule for x itself; W's ``max_partners`` plays no part.  The other rows are never
+            drawn as anchors; they stay available as partners of the kept anchors.  Table 5:
+            ``patient_same_study_distinct_lat`` keeps the images with a counterpart of the
+            other laterality in their study.  The criterion's own ``anchors_with`` applies too.
+        label: the observation compared by label rules (required for them).
         uncertain: uncertain-label policy for pairing labels (ignore | zeros | ones).
-        seed: seed of the size-matching pre-selection.
+        seed: seed of the ``max_partners`` and size-matching pre-selections.
 
     Returns:
         a :class:`PairIndex`.  Without distinct-only, an anchor whose set ends up empty gets
         {x} and is flagged in ``fallback``.
 
     Raises:
-        MedaugError: unknown criterion, missing columns or label, or no anchor left.
+        MedaugError: unknown criterion or column, bad rules, missing label, too large groups,
+            no anchor left, or no anchor with a non-empty set.
     """
-    crit = get_criterion(criterion)
-    ref = get_criterion(size_match) if size_match is not None else None
+    crit = resolve_criterion(criterion)
+    ref = resolve_criterion(size_match, "size_match") if size_match is not None else None
+    restrict = resolve_criterion(anchors_with, "anchors_with") if anchors_with is not None else None
     if uncertain not in _UNCERTAIN:
         raise MedaugError(
             f"unknown uncertain-label policy {uncertain!r}; valid: {', '.join(_UNCERTAIN)}"
         )
     if len(table) == 0:
         raise MedaugError("cannot build positive pairs from an empty table")
-    cols = _Columns(table)
-    needs_label = crit.same_label or (ref is not None and ref.same_label)
-    if needs_label:
+    used = [c for c in (crit, ref, restrict) if c is not None]
+    for c in used:
+        check_columns(c, list(table.columns), "the table")
+    labelled = next((c for c in used if c.needs_label), None)
+    classes = None
+    if labelled is not None:
         if label is None:
-            name = criterion if crit.same_label else size_match
             raise MedaugError(
-                f"criterion {name!r} compares downstream labels: give the observation "
+                f"criterion {labelled.label!r} compares downstream labels: give the observation "
                 "(--label / data.target)"
             )
-        cols.label = pairing_labels(table, label, uncertain)
+        classes = pairing_labels(table, label, uncertain)
     elif label is not None:
         from medaug.data.schema import check_observation
 
         check_observation(label)
+    tab = _Table(table, classes)
 
-    counts, partners = _pair_sets(cols, crit, distinct_only)
+    rows = np.arange(tab.n, dtype=np.int64)
+    keep = np.ones(tab.n, dtype=bool)  # N: candidate anchors
+    for within in (crit.anchors_with, restrict):
+        if within is not None:
+            keep = _with_partner(tab, within, keep)
+    restricted = not keep.all()
+    counts, partners = _pair_sets(
+        tab,
+        crit,
+        distinct_only,
+        rows=keep if restricted else None,
+        rng=np.random.default_rng([seed, 1]),
+    )
+    assert partners is not None
     if ref is not None:
-        ref_counts, _ = _pair_sets(cols, ref, distinct_only)
+        ref_counts, _ = _pair_sets(tab, ref, distinct_only, rows=keep, partners=False)
         counts, partners = _cut_to(counts, partners, ref_counts, np.random.default_rng(seed))
 
-    rows = np.arange(cols.n, dtype=np.int64)
     empty = counts == 0  # N
-    if distinct_only:
-        anchors = rows[~empty]
-        n_skipped = int(empty.sum())
-        if len(anchors) == 0:
-            options = " with distinct images only" + (
-                f" and size-matched to {size_match!r}" if size_match else ""
-            )
-            raise MedaugError(
-                f"criterion {criterion!r}{options} leaves no anchors: the set of every one of "
-                f"the {cols.n} images is empty once the image itself is removed"
-            )
-        sizes = counts[~empty]
-        fallback = np.zeros(len(anchors), dtype=bool)
-        indices = partners
-    else:
-        anchors, n_skipped, fallback = rows, 0, empty
-        sizes = np.where(empty, 1, counts)
-        # Splice each fallback anchor in as its own single member, in one linear pass.
-        new_first = np.cumsum(sizes) - sizes  # N
-        old_first = np.cumsum(counts) - counts  # N
-        indices = np.empty(int(sizes.sum()), dtype=np.int64)
-        shift = np.repeat(new_first - old_first, counts)  # nnz_old
-        indices[shift + np.arange(len(partners), dtype=np.int64)] = partners
-        indices[new_first[empty]] = rows[empty]
+    anchors = rows[keep & ~empty] if distinct_only else rows[keep]
+    options = _options_text(distinct_only, ref, restrict)
+    if len(anchors) == 0:
+        why = ": every set is empty once the image itself is removed" if keep.any() else ""
+        raise MedaugError(
+            f"criterion {crit.label!r}{options} leaves no anchors among the {tab.n} images{why}"
+        )
+    if empty[anchors].all():
+        raise MedaugError(
+            f"criterion {crit.label!r}{options} selects no image for any of the "
+            f"{len(anchors)} anchors (every set is empty)"
+        )
+    # Only the anchors' sets are left in `partners` (the others have count 0), in row order;
+    # each fallback anchor is spliced in as its own single member, in one linear pass.
+    own = counts[anchors]  # A
+    fallback = empty[anchors]  # A (all False under distinct-only)
+    sizes = np.where(fallback, 1, own)  # A
+    new_first = np.cumsum(sizes) - sizes  # A
+    old_first = np.cumsum(own) - own  # A
+    indices = np.empty(int(sizes.sum()), dtype=np.int64)
+    shift = np.repeat(new_first - old_first, own)  # nnz_old
+    indices[shift + np.arange(len(partners), dtype=np.int64)] = partners
+    indices[new_first[fallback]] = anchors[fallback]
     indptr = np.zeros(len(anchors) + 1, dtype=np.int64)
     np.cumsum(sizes, out=indptr[1:])
+    restrictions = [c.label for c in (crit.anchors_with, restrict) if c is not None]
     return PairIndex(
         anchors=anchors,
         indptr=indptr,
-        indices=indices.astype(np.int64, copy=False),
+        indices=indices,
         fallback=fallback,
-        n_skipped=n_skipped,
-        n_rows=cols.n,
-        criterion=criterion,
+        n_skipped=int(tab.n - len(anchors)),
+        n_rows=tab.n,
+        criterion=crit.label,
         distinct_only=distinct_only,
-        size_match=size_match,
+        size_match=ref.label if ref is not None else None,
         label=label,
         uncertain=uncertain,
         seed=seed,
+        anchors_with=" and ".join(restrictions) or None,
+        n_restricted=int((~keep).sum()),
+        criterion_spec=crit.to_mapping(),
     )
+
+
+def _options_text(distinct_only: bool, ref: Criterion | None, restrict: Criterion | None) -> str:
+    """' with distinct images only and ...' describing the options in error messages."""
+    parts = []
+    if distinct_only:
+        parts.append("distinct images only")
+    if ref is not None:
+        parts.append(f"sets size-matched to {ref.label!r}")
+    if restrict is not None:
+        parts.append(f"anchors with a partner under {restrict.label!r}")
+    return " with " + " and ".join(parts) if parts else ""

@@ -32,12 +32,15 @@ def pair_stats(
         uncertain: uncertain-label policy for those labels.
 
     Returns:
-        dict with ``n_images``, ``n_patients``, ``n_studies``, ``criterion``,
-        ``distinct_only``, ``size_match``, ``n_anchors``, ``n_fallback``, ``n_skipped``,
-        ``n_with_other``, ``mean_set_size``, ``max_set_size``, ``set_size_hist`` (set size
-        as a string -> count) and, with a label, ``label_disagreement`` (``observation``,
-        ``uncertain``, ``n_anchors``, ``mean``, ``share_all_different``, ``hist`` =
-        {``edges``: 11 bin edges on [0, 1], ``counts``: 10 counts}).
+        dict with ``n_images``, ``n_patients``, ``n_studies``, ``criterion`` (its readable
+        name), ``criterion_spec`` (its rules in the grammar's words), ``distinct_only``,
+        ``size_match``, ``anchors_with``, ``n_anchors`` (the anchors kept), ``n_restricted``
+        (rows without a partner under ``anchors_with``), ``n_fallback``, ``n_skipped`` (all
+        rows that are not anchors), ``n_with_other``, ``mean_set_size``, ``max_set_size``,
+        ``set_size_hist`` (set size as a string -> count) and, with a label,
+        ``label_disagreement`` (``observation``, ``uncertain``, ``n_anchors``, ``mean``,
+        ``share_all_different``, ``hist`` = {``edges``: 11 bin edges on [0, 1], ``counts``:
+        10 counts}).
     """
     sizes = index.set_sizes()  # A
     anchor_rep = np.repeat(index.anchors, sizes)  # nnz: the anchor of each member
@@ -50,9 +53,12 @@ def pair_stats(
         "n_patients": int(table["patient_id"].nunique(dropna=False)),
         "n_studies": int(n_studies),
         "criterion": index.criterion,
+        "criterion_spec": index.criterion_spec,
         "distinct_only": bool(index.distinct_only),
         "size_match": index.size_match,
+        "anchors_with": index.anchors_with,
         "n_anchors": int(len(index.anchors)),
+        "n_restricted": int(index.n_restricted),
         "n_fallback": int(index.fallback.sum()),
         "n_skipped": int(index.n_skipped),
         "n_with_other": int((n_other > 0).sum()),

@@ -1,29 +1,37 @@
 """The sweep driver: a Ray Tune run of trials (pretrain on Ray Train, evaluate), tracked in MLflow.
 
-:func:`run_sweep` lays out the output folder, checks everything it can before any trial
-starts (every trial's config, the data, the tracking store), builds the shared inputs once
-(the image cache; the label splits are drawn by the first evaluation and reused by all),
-then runs Ray Tune:
+:func:`run_sweep` runs in this order, plainly:
 
-* grid sweeps: Tune's ``grid_search`` over the pre-expanded trial keys; continuous spaces:
-  ``OptunaSearch`` (``num_samples`` draws); optional ASHA early stopping on the per-epoch
-  kNN AUC that pretraining forwards to Tune;
-* one trial process per trial (``tune.with_resources``: ``tune.resources``), which launches
-  its own Ray Train pretraining workers (``pretrain.num_workers``, ``use_gpu``), or with
-  ``pretrain.num_workers: 0`` pretrains itself through Ray Train's local mode, then
-  evaluates; ``max_concurrent`` bounds the trials in flight; a finished trial's process
-  takes the next trial (Tune's actor reuse);
-* Tune's experiment state under ``OUTPUT/tune/<name>``; ``resume=True`` restores it
-  (``Tuner.restore``: unfinished trials continue, errored ones restart) and each trial
-  resumes from its own folder (see :mod:`medaug.tune.trial`).
+1. checks everything it can before anything is written (every trial's config, the data, the
+   output folder), then takes the output's driver lock (one driver per output);
+2. prepares the shared inputs: the smoke phantom (``--smoke``), the image cache (built once,
+   so that concurrent trials only open it), the MLflow store, the experiment and the sweep's
+   parent run, which the trial runs nest under; the label splits are drawn by the first
+   evaluation and reused by all;
+3. starts (or joins) Ray and runs Ray Tune:
+
+   * grid sweeps: Tune's ``grid_search`` over the pre-expanded trial keys; continuous
+     spaces: ``OptunaSearch`` (``num_samples`` draws); optional ASHA early stopping on the
+     per-epoch kNN AUC that pretraining forwards to Tune;
+   * one trial process per trial (``tune.with_resources``: ``tune.resources``), which
+     launches its own Ray Train pretraining workers (``pretrain.num_workers``, ``use_gpu``),
+     or with ``pretrain.num_workers: 0`` pretrains itself through Ray Train's local mode,
+     then evaluates; ``max_concurrent`` bounds the trials in flight; a finished trial's
+     process takes the next trial (Tune's actor reuse);
+   * Tune's experiment state under ``OUTPUT/tune/<name>``; ``resume=True`` restores it
+     (``Tuner.restore``: unfinished trials continue, errored ones restart) and each trial
+     resumes from its own folder (see :mod:`medaug.tune.trial`);
+
+4. writes the report, puts it into MLflow (the parent run's artifacts, the experiment's
+   description) and prints where to look.
 
 The output folder::
 
+    OUTPUT/driver.lock     held by the running driver (its pid and host)
     OUTPUT/sweep.json      name, sweep id, tracking URI, trial keys (the resume anchor)
     OUTPUT/sweep.yaml      the sweep as run (after --set)
     OUTPUT/mlflow.db       the MLflow store (default tracking URI), OUTPUT/mlartifacts/
     OUTPUT/cache/          the image cache shared by the trials;  OUTPUT/splits.csv
-    OUTPUT/inputs.json     written once the shared inputs are ready (the trials wait for it)
     OUTPUT/trials/<key>/   one folder per trial
     OUTPUT/tune/<name>/    Ray Tune's experiment state
     OUTPUT/report/         results.md, results.csv, results.png
@@ -33,19 +41,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import json
 import os
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from medaug.errors import MedaugError
-from medaug.tune.report import STATE_FILE, ResultTable, write_report
+from medaug.tune.report import STATE_FILE, ResultTable, read_state, write_report
 from medaug.tune.space import (
     SweepConfig,
     load_sweep,
@@ -54,23 +64,24 @@ from medaug.tune.space import (
     trial_for_config,
 )
 from medaug.tune.tracking import (
+    BEST_TAG,
+    NOTE_TAG,
     Tracker,
+    best_trial,
     default_artifact_location,
     default_tracking_uri,
+    experiment_url,
     mlflow_ui_command,
     quiet_mlflow,
+    tracker_from_state,
+    view_state,
 )
-from medaug.tune.trial import (
-    DONE_FILE,
-    INPUTS_FILE,
-    SweepContext,
-    run_trial,
-    trial_dir,
-    write_inputs_state,
-)
+from medaug.tune.trial import DONE_FILE, SweepContext, run_trial, trial_dir
 
 SWEEP_FILE = "sweep.yaml"
+LOCK_FILE = "driver.lock"
 TUNE_DIR = "tune"
+REPORT_ARTIFACTS = "report"  # the parent run's folder of report files
 SMOKE_DATA = "smoke_data"
 # The smoke phantom: enough patients for pool, selection and test partitions with both
 # classes, small enough to draw in seconds.
@@ -104,22 +115,22 @@ def run_sweep(
         tracking_uri: MLflow tracking URI (default ``sqlite:///OUTPUT/mlflow.db``).
         overrides: ``--set`` strings, when ``sweep_cfg`` is a path or name.
         progress: progress bars and per-trial logs.
-        ray_address: connect to this Ray cluster (``"auto"``); default: the running one, or
-            a local one started here (and shut down at the end).
+        ray_address: the Ray cluster to join (``"auto"``: the running one, else a local Ray
+            started here); default: the Ray this process already joined, else a local one.
         num_cpus: CPUs of a local Ray started here (default: all).
 
     Returns:
         the :class:`ResultTable` (also written to ``OUTPUT/report/``).
 
     Raises:
-        MedaugError: bad sweep, data or output folder, all before any trial runs.
+        MedaugError: bad sweep, data or output folder, or another driver running on
+            ``output``, all before any trial runs.
     """
     output = Path(output).resolve()
-    state_path = output / STATE_FILE
     state: dict[str, Any] | None = None
-    if state_path.exists():
+    if (output / STATE_FILE).exists():
         try:
-            state = json.loads(state_path.read_text())
+            state = json.loads((output / STATE_FILE).read_text())
         except ValueError:
             state = None
     if state is not None and not resume:
@@ -146,70 +157,61 @@ def run_sweep(
                 f"({len(trials)} vs {len(stored)} trials); resume without --config, or "
                 "start a new --output"
             )
-
-    output.mkdir(parents=True, exist_ok=True)
     sweep = sweep_inputs(sweep, output, smoke, progress, generate=False)
     first = sweep.resolve(trials[0].params if trials else {}, output=str(output))
-    if not smoke:  # the smoke phantom is drawn below, while Ray starts
+    if not smoke:  # the smoke phantom is drawn below
         _check_data(first)
 
-    quiet_mlflow()
-    uri = tracking_uri or (state or {}).get("tracking_uri") or default_tracking_uri(output)
-    artifacts = default_artifact_location(output) if uri.startswith("sqlite:") else None
-    sweep_id = (state or {}).get("sweep_id") or uuid.uuid4().hex
-    tracker = Tracker(uri, sweep.name, sweep_id, artifacts)
+    output.mkdir(parents=True, exist_ok=True)
+    with driver_lock(output):
+        quiet_mlflow()
+        uri = tracking_uri or (state or {}).get("tracking_uri") or default_tracking_uri(output)
+        artifacts = default_artifact_location(output) if uri.startswith("sqlite:") else None
+        sweep_id = (state or {}).get("sweep_id") or uuid.uuid4().hex
+        new_state = {
+            "experiment": sweep.name,
+            "sweep_id": sweep_id,
+            "tracking_uri": uri,
+            "artifact_location": artifacts,
+            "target": first.data.target,
+            "metric": sweep.tune.metric,
+            "mode": sweep.tune.mode,
+            "smoke": smoke,
+            "overrides": list(overrides or (state or {}).get("overrides") or []),
+            "trials": [t.key for t in trials],
+            "created": (state or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if state is None:
+            _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+        _write_text(output / STATE_FILE, json.dumps(new_state, indent=2) + "\n")
 
-    new_state = {
-        "experiment": sweep.name,
-        "sweep_id": sweep_id,
-        "tracking_uri": uri,
-        "artifact_location": artifacts,
-        "target": first.data.target,
-        "smoke": smoke,
-        "overrides": list(overrides or (state or {}).get("overrides") or []),
-        "trials": [t.key for t in trials],
-        "created": (state or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    if state is None:
-        _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    _write_text(state_path, json.dumps(new_state, indent=2) + "\n")
+        if smoke:
+            make_smoke_data(output, progress)
+        _prepare_cache(first, output, progress)
+        tracker = Tracker(uri, sweep.name, sweep_id, artifacts)
+        parent = start_sweep_run(tracker, sweep, output, new_state)
 
-    inputs = start_shared_inputs(tracker, first, output, smoke, progress)
-
-    ctx = SweepContext(
-        sweep=sweep,
-        output=str(output),
-        tracking_uri=uri,
-        sweep_id=sweep_id,
-        artifact_location=artifacts,
-        order={t.key: i for i, t in enumerate(trials)},
-        progress=progress,
-        wait_inputs=True,
-    )
-    (output / INPUTS_FILE).unlink(missing_ok=True)
-    # The driver needs MLflow and the report's libraries only when trials end: they load
-    # once the trials are under way (a Tune callback), not while the trial processes start.
-    warm_driver = _Once(lambda: _Background(lambda: (_report_imports(), tracker.client)))
-    # The report is written while a local Ray shuts down (which takes a second or two).
-    report: list[_Background] = []
-    if trials and not sweep.space.continuous and all(
-        (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
-    ):
-        inputs()  # every trial is complete: nothing for Ray to do
-        errored = []
-        table, paths = write_report(output, uri)
-    else:
-        with _fork_not_vfork():
-            grids = _run_tune(
-                sweep, ctx, output, resume, ray_address, num_cpus, progress,
-                _Background(inputs), warm_driver,
-                lambda: report.append(_Background(lambda: write_report(output, uri))),
-            )
+        ctx = SweepContext(
+            sweep=sweep,
+            output=str(output),
+            tracking_uri=uri,
+            sweep_id=sweep_id,
+            artifact_location=artifacts,
+            parent_run_id=parent,
+            order={t.key: i for i, t in enumerate(trials)},
+            progress=progress,
+        )
+        errored: list[Any] = []
+        if not (trials and not sweep.space.continuous and all(
+            (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
+        )):  # else every trial is complete: nothing for Ray to do
+            grids = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress)
             errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
-            table, paths = report[0].result() if report else write_report(output, uri)
+        table, paths = publish_report(output, uri)
+        tracker.end_trial(parent, "FAILED" if errored else "FINISHED")
     print(table.to_markdown())
     print(f"\nreport: {paths['markdown']}\n        {paths['csv']}\n        {paths['plot']}")
-    print(f"MLflow: {mlflow_ui_command(uri)}")
+    print(ui_hint(uri, tracker.experiment_id))
     if errored:
         print(
             f"{len(errored)} trial(s) errored; see {output}/trials/<key>/error.txt, then "
@@ -246,6 +248,61 @@ def _load(
     return load_sweep(sweep_cfg, overrides, output=output, smoke=smoke)
 
 
+# ---------------------------------------------------------------------------------------------
+# One driver per output
+
+
+@contextlib.contextmanager
+def driver_lock(output: Path) -> Iterator[None]:
+    """Hold ``OUTPUT/driver.lock`` while the driver runs: a second driver on the same output
+    (a second ``--resume``, a second ``medaug demo``) is refused, naming the running one.
+
+    The lock is ``flock(2)`` on the file, which the kernel releases when its holder exits,
+    however it exits: a driver killed with ``kill -9`` leaves a free lock, which the next
+    driver takes over (the file still names the dead driver: it is reported).  The file holds
+    the holder's pid and host.  A sweep's driver runs on one machine (on a cluster, the head
+    node), so every contender locks through the same kernel, also when the output sits on
+    a shared file system (where Linux's NFS client maps flock onto the server's locks).
+    The descriptor is not inherited by the processes the driver starts (Python opens it
+    close-on-exec), so the lock ends with the driver itself.
+
+    Raises:
+        MedaugError: another driver holds the lock.
+    """
+    path = output / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd) or "another process"
+            raise MedaugError(
+                f"{output} is in use by the sweep driver {holder}; wait for it to finish, "
+                "or stop it and --resume"
+            ) from None
+        previous = _lock_holder(fd)
+        if previous:
+            print(f"medaug sweep: the driver {previous} stopped without releasing {output}; "
+                  "taking it over", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # a clean exit: nothing to take over
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs
+
+
 def sweep_inputs(
     sweep: SweepConfig, output: Path, smoke: bool, progress: bool = True, generate: bool = True
 ) -> SweepConfig:
@@ -259,50 +316,19 @@ def sweep_inputs(
     return _shared_paths(sweep, output)
 
 
-def start_shared_inputs(
-    tracker: Tracker, cfg: Any, output: Path, smoke: bool, progress: bool = True
-) -> Callable[[], None]:
-    """Start the child processes the sweep's shared inputs need and return the function that
-    prepares them, meant to run in a background thread while Ray and the first trial
-    processes start (the trials wait for ``OUTPUT/inputs.json``, which it writes, with the
-    error if any): the smoke phantom; the image cache, built once so that concurrent trials
-    only open it; the MLflow store and experiment, which must exist before any trial races
-    to create them (made in a child process: a new SQLite store takes seconds of
-    migrations).
-
-    Every process is started here, in the calling thread, not in the background one: Ray's
-    start sets environment variables, and a child started meanwhile from another thread can
-    fail with EFAULT (``vfork`` + ``execv`` read the environment array while it is
-    reallocated).
-    """
-    from medaug.data.workers import start_pool_server
-
-    experiment = tracker.start_experiment_process()
-    workers = cfg.data.num_loader_workers
-    if workers is None or workers > 1:  # the image cache's decoding pool forks from it
-        start_pool_server()
-
-    def prepare() -> None:
-        from medaug.engine.data import prepare_data
-
-        try:
-            if smoke:
-                make_smoke_data(output, progress)
-            prepare_data(cfg, output, progress=progress)
-            experiment()
-        except BaseException as err:
-            write_inputs_state(output, err)
-            raise
-        write_inputs_state(output)
-
-    return prepare
-
-
 def make_smoke_data(output: Path, progress: bool = True) -> None:
     """Draw the smoke phantom in ``OUTPUT/smoke_data`` (kept if already there)."""
     from medaug.data.phantom import make_phantom
 
     make_phantom(output / SMOKE_DATA, workers=1, progress=progress, **SMOKE_PHANTOM)
+
+
+def _prepare_cache(cfg: Any, output: Path, progress: bool) -> None:
+    """Build the image cache the trials share (once: later trials only open it), so that an
+    error in the data (an unreadable image) is the sweep's, reported before Ray starts."""
+    from medaug.engine.data import prepare_data
+
+    prepare_data(cfg, output, progress=progress)
 
 
 def _smoke_data(sweep: SweepConfig, output: Path) -> SweepConfig:
@@ -339,6 +365,109 @@ def _check_data(cfg: Any) -> None:
         raise MedaugError(f"data.csv {cfg.data.csv} does not exist")
 
 
+# ---------------------------------------------------------------------------------------------
+# MLflow: the experiment, the parent run, the report
+
+
+def start_sweep_run(
+    tracker: Tracker, sweep: SweepConfig, output: Path, state: dict[str, Any]
+) -> str:
+    """Set up the sweep's experiment and return the id of its parent run (the one already
+    there when resuming).
+
+    The experiment is marked as model training and opens on the runs table in the sweep's
+    saved view (:func:`medaug.tune.tracking.view_state`); its description says the sweep is
+    running until the report replaces it.  The parent run holds the sweep's name, space and
+    config (``sweep.yaml``); trials nest under it.
+    """
+    stages = ["linear"]
+    if any(sweep.resolve(p).eval.e2e for p in sample_points(sweep)):
+        stages.append("e2e")
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    description = exp.tags.get(NOTE_TAG) or (
+        f"Sweep **{sweep.name}** is running: {len(state['trials']) or sweep.tune.num_samples} "
+        f"trials. The results table appears here when it ends ({output / 'report'})."
+    )
+    tracker.setup_experiment(view_state(sweep.tune.metric, stages), description)
+    run_id = tracker.start_sweep(sweep.name)
+    space = sweep.space
+    params: dict[str, Any] = {
+        "sweep": sweep.name,
+        "sweep_id": tracker.sweep_id,
+        "description": sweep.description,
+        "output": str(output),
+        "smoke": state["smoke"],
+        "metric": f"{sweep.tune.metric} ({sweep.tune.mode})",
+        "trials": len(state["trials"]) if not space.continuous else sweep.tune.num_samples,
+        "baselines": sweep.baselines,
+    }
+    params.update({f"space.{k}": v for k, v in space.grid.items()})
+    params.update({f"space.{k}": f"{r.kind}[{r.low:g}, {r.high:g}]" for k, r in space.ranges.items()})
+    if space.variants:
+        params["space.variants"] = [v.name for v in space.variants]
+    tracker.log_params(run_id, params)
+    tracker.log_artifact(run_id, output / SWEEP_FILE)
+    return run_id
+
+
+def publish_report(
+    output: str | Path, tracking_uri: str | None = None, baseline: str | None = None
+) -> tuple[ResultTable, dict[str, Path]]:
+    """Build the sweep's report (:func:`medaug.tune.report.write_report`) and put it into
+    MLflow: the files as the parent run's ``report/`` artifacts (replacing older ones), the
+    table as the experiment's description, and the best trial's key (tag ``best_trial``) and
+    metric (``best_<metric>``) on the parent run."""
+    output = Path(output)
+    table, paths = write_report(output, tracking_uri, baseline)
+    state = read_state(output)
+    tracker = tracker_from_state(state, tracking_uri)
+    parent = tracker.find_sweep_run()
+    if parent is None:  # a sweep run before parent runs existed
+        return table, paths
+    run_id = parent.info.run_id
+    for path in paths.values():
+        tracker.log_artifact(run_id, path, REPORT_ARTIFACTS)
+    metric = state.get("metric") or "linear_auc_mean"
+    best = best_trial(tracker.runs(), metric, state.get("mode") or "max")
+    if best is not None:
+        tracker.set_tags(run_id, {BEST_TAG: best.data.tags.get("trial_key", best.info.run_name)})
+        tracker.log_metrics(run_id, {f"best_{metric}": best.data.metrics[metric]})
+    tracker.set_experiment_tags({NOTE_TAG: _description(table, parent.info.run_name)})
+    return table, paths
+
+
+def _description(table: ResultTable, parent_name: str) -> str:
+    return (
+        f"{table.to_markdown()}\n\nThe report's files (`results.md`, `results.csv`, "
+        f"`results.png`) are the artifacts of the run `{parent_name}`, under "
+        f"`{REPORT_ARTIFACTS}/`."
+    )
+
+
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """What to run and open to compare the trials in the MLflow UI."""
+    url = experiment_url(tracking_uri, experiment_id)
+    command = mlflow_ui_command(tracking_uri)
+    if command is None:
+        return f"MLflow: {url}"
+    return f"MLflow: {_mlflow_program()}{command[len('mlflow'):]}\n        then open {url}"
+
+
+def _mlflow_program() -> str:
+    """The ``mlflow`` program of this environment, as the user can type it."""
+    program = Path(sys.executable).with_name("mlflow")
+    if not program.exists():
+        return "mlflow"
+    try:
+        return str(program.relative_to(Path.cwd()))
+    except ValueError:
+        return str(program)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Tune
+
+
 def _run_tune(
     sweep: SweepConfig,
     ctx: SweepContext,
@@ -347,13 +476,8 @@ def _run_tune(
     ray_address: str | None,
     num_cpus: int | None,
     progress: bool,
-    inputs: _Background | None = None,
-    warm: Any = None,
-    finished: Any = None,
 ) -> list[Any]:
-    """Start (or join) Ray, run or restore the Tune experiments, make sure ``inputs`` (the
-    shared inputs, prepared in the background while the trials start) succeeded, call
-    ``finished()`` and stop a Ray started here.
+    """Start (or join) Ray, run or restore the Tune experiments, and stop a Ray started here.
 
     One experiment, named after the sweep; an Optuna sweep with baselines runs them first as
     a small grid experiment of their own (``<name>-baselines``), since Optuna only draws
@@ -369,7 +493,7 @@ def _run_tune(
     # linear-probe AUC the searcher ranks by, which arrives with the trial's last result.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Tune's results go to CSV and JSON files (the callbacks below); its default TensorBoard
-    # logger is left out: MLflow holds the curves, and tensorboardX would import torch here.
+    # logger is left out: MLflow holds the curves.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     experiments = []
     if sweep.space.continuous and sweep.baselines:
@@ -381,8 +505,7 @@ def _run_tune(
 
     started = False
     if not ray.is_initialized():
-        _init_ray(ray_address, num_cpus, progress)
-        started = True
+        started = _init_ray(ray_address, num_cpus, progress)
     try:
         t = sweep.tune
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_resources(sweep))
@@ -404,33 +527,20 @@ def _run_tune(
                         name=name,
                         storage_path=storage,
                         failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                        callbacks=[
-                            CSVLoggerCallback(), JsonLoggerCallback(), _run_status_callback(ctx, warm),
-                        ],
+                        callbacks=[CSVLoggerCallback(), JsonLoggerCallback(), _run_status_callback(ctx)],
                         verbose=1 if progress else 0,
                     ),
                 )
             grids.append(tuner.fit())
-        if inputs is not None:
-            inputs.result()  # the inputs' own error, rather than the trials' report of it
-        if finished is not None:
-            finished()
         return grids
     finally:
         if started:
             ray.shutdown()
 
 
-def _report_imports() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
-    from scipy import stats  # noqa: F401
-
-
-def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None:
-    """Join the Ray cluster at ``address``, or start a local Ray for this sweep.
+def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> bool:
+    """Join the Ray cluster at ``address``, or start a local Ray for this sweep (also for
+    ``"auto"`` when no cluster runs).  Returns True when a local Ray was started.
 
     On a busy machine a local Ray's node agents can start slower than the raylet waits for
     them: the wait is lengthened, and a start that fails anyway is tried once more.
@@ -439,39 +549,41 @@ def _init_ray(address: str | None, num_cpus: int | None, progress: bool) -> None
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress}
     if address:
-        ray.init(address=address, **kwargs)
-        return
+        try:
+            ray.init(address=address, **kwargs)
+            return False
+        except ConnectionError:
+            if address != "auto":
+                raise
+            print("medaug sweep: no running Ray cluster found; starting a local Ray",
+                  file=sys.stderr)
     os.environ.setdefault("RAY_agent_register_timeout_ms", str(AGENT_TIMEOUT_MS))
 
     kwargs["num_cpus"] = num_cpus or os.cpu_count()
     for attempt in range(2):
         try:
             ray.init(**kwargs)
-            return
+            return True
         except Exception as err:  # Ray raises a bare Exception when its node fails to start
             ray.shutdown()
             if attempt == 1:
                 raise
             print(f"medaug sweep: starting Ray failed ({str(err).splitlines()[0]}); retrying",
                   file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
-def _run_status_callback(ctx: SweepContext, warm: Any = None) -> Any:
+def _run_status_callback(ctx: SweepContext) -> Any:
     """A Tune callback giving the MLflow run of a trial that did not finish its final status.
 
     A trial process marks its run FINISHED itself.  Only Tune knows why any other trial
     ended: an error (the run becomes FAILED; the trial process died, or raised and tagged
     the error) or early stopping by the scheduler, which interrupts the trial from outside
-    (KILLED).  ``warm`` (if given) is called on every trial result: the driver's own imports
-    wait for the trials to be under way.
+    (KILLED).
     """
     from ray.tune import Callback
 
     class CloseUnfinishedRuns(Callback):
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if warm is not None:
-                warm()
-
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._close(trial, "KILLED")
 
@@ -566,63 +678,6 @@ def _tune_config(sweep: SweepConfig, grid: bool = False) -> Any:
         trial_name_creator=name,
         trial_dirname_creator=name,
     )
-
-
-class _Once:
-    """Call ``fn`` on the first call only."""
-
-    def __init__(self, fn: Any) -> None:
-        self._fn: Any = fn
-
-    def __call__(self) -> None:
-        fn, self._fn = self._fn, None
-        if fn is not None:
-            fn()
-
-
-@contextlib.contextmanager
-def _fork_not_vfork() -> Iterator[None]:
-    """Child processes started meanwhile by this process's threads use ``fork``, not
-    ``vfork``: while Ray runs, its main thread may set environment variables, and a child
-    of ``vfork`` reads the environment array through ``execv`` while it is reallocated
-    (EFAULT).  The processes started by the sweep's own threads are started before Ray; this
-    covers the libraries' (matplotlib asks ``fc-list`` for fonts on its first use)."""
-    import subprocess
-
-    before = getattr(subprocess, "_USE_VFORK", None)
-    if before is None:  # a Python without the switch
-        yield
-        return
-    subprocess._USE_VFORK = False
-    try:
-        yield
-    finally:
-        subprocess._USE_VFORK = before
-
-
-class _Background:
-    """Run ``fn`` in a thread; :meth:`result` waits and re-raises its error here."""
-
-    def __init__(self, fn: Any) -> None:
-        import threading
-
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                self._value = fn()
-            except BaseException as err:  # handed to the caller by result()
-                self._error = err
-
-        self._thread = threading.Thread(target=target, daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _write_text(path: Path, text: str) -> None:

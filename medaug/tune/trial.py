@@ -15,7 +15,8 @@ Rerunning a complete trial only makes sure its MLflow run holds the final metric
 reports them to Tune again.  Pretraining resumes from the newest checkpoint; evaluation
 skips the splits already scored.  The trial process logs everything to MLflow; the sweep
 driver only closes the runs of trials that errored or that Tune stopped early (see
-``medaug.tune.sweep``).
+``medaug.tune.sweep``).  The trial's run is nested under the sweep's parent run and records
+the trial's inputs: the metadata table and the label splits, with their digests.
 """
 
 from __future__ import annotations
@@ -23,22 +24,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, config_to_dict, flatten, write_config
-from medaug.errors import MedaugError
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
-from medaug.tune.tracking import SUMMARY_PARAMS, Tracker, result_metrics
+from medaug.tune.tracking import (
+    SUMMARY_PARAMS,
+    Tracker,
+    result_metrics,
+    splits_record,
+    table_record,
+)
 
 TRIALS_DIR = "trials"
 DONE_FILE = "trial.json"
 ERROR_FILE = "error.txt"
-INPUTS_FILE = "inputs.json"  # in OUTPUT: written by the driver once the shared inputs exist
-INPUTS_NOTE_SECONDS = 30.0
 
 
 @dataclass
@@ -49,12 +52,10 @@ class SweepContext:
         sweep: the validated sweep (with any smoke settings and shared paths applied).
         output: absolute sweep output folder.
         tracking_uri, sweep_id, artifact_location: the MLflow experiment of the sweep.
+        parent_run_id: the sweep's MLflow run, which the trial runs nest under.
         order: trial key -> position in the plan (rows of the report follow it).
         log_checkpoint: also copy the selected checkpoint into the run's artifacts.
         progress: progress bars and per-epoch lines in the trial logs.
-        wait_inputs: the driver prepares the shared inputs (image cache, MLflow store) while
-            the first trial processes start: a trial imports what it needs, then waits for
-            ``OUTPUT/inputs.json`` (see :func:`wait_for_inputs`).
     """
 
     sweep: SweepConfig
@@ -62,10 +63,10 @@ class SweepContext:
     tracking_uri: str
     sweep_id: str
     artifact_location: str | None = None
+    parent_run_id: str | None = None
     order: dict[str, int] | None = None
     log_checkpoint: bool = False
     progress: bool = True
-    wait_inputs: bool = False
 
     def tracker(self) -> Tracker:
         return Tracker(self.tracking_uri, self.sweep.name, self.sweep_id, self.artifact_location)
@@ -120,12 +121,11 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
     cfg = ctx.sweep.resolve(spec.params, output=str(folder))
     write_config(cfg, folder / "config.yaml")
     _limit_threads()
-    if ctx.wait_inputs:
-        _preload()
-        wait_for_inputs(ctx.output, ctx.progress)
 
     tracker = ctx.tracker()
-    run_id = tracker.start_trial(spec.key, spec.label, "baseline" if spec.baseline else "pretrain")
+    run_id = tracker.start_trial(
+        spec.key, spec.label, "baseline" if spec.baseline else "pretrain", ctx.parent_run_id
+    )
     tags: dict[str, Any] = {"trial_dir": str(folder)}
     if ctx.order and spec.key in ctx.order:
         tags["trial_index"] = ctx.order[spec.key]
@@ -199,6 +199,7 @@ def _run_stages(
     target = cfg.data.target if cfg.data.target in cfg.eval.observations else cfg.eval.observations[0]
     metrics.update(result_metrics(results, target))
     tracker.log_metrics(run_id, metrics)
+    tracker.log_datasets(run_id, _inputs(cfg, results))
 
     tracker.log_artifact(run_id, folder / "config.yaml")
     tracker.log_artifact(run_id, eval_dir / "results.json")
@@ -225,43 +226,16 @@ def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_inputs_state(output: str | Path, error: BaseException | None = None) -> None:
-    """Tell waiting trials that the sweep's shared inputs are ready (or why they failed)."""
-    state: dict[str, Any] = {"ok": error is None}
-    if error is not None:
-        state["error"] = f"{type(error).__name__}: {error}"
-    _write_json(Path(output) / INPUTS_FILE, state)
+def _inputs(cfg: Config, results: dict[str, Any]) -> list[Any]:
+    """The trial's datasets for MLflow: the metadata table it read (as loaded, after any
+    unreadable images were dropped) and the label splits its evaluation trained on."""
+    from medaug.engine.data import prepare_data
 
-
-def wait_for_inputs(output: str | Path, progress: bool = True, poll: float = 0.1) -> None:
-    """Block until the driver has written ``OUTPUT/inputs.json``; raise if it reports a
-    failure.  A trial never waits past its driver: Ray ends the trial processes of a job
-    whose driver is gone."""
-    path = Path(output) / INPUTS_FILE
-    start = time.monotonic()
-    note = INPUTS_NOTE_SECONDS
-    while not path.exists():
-        time.sleep(poll)
-        waited = time.monotonic() - start
-        if progress and waited >= note:
-            print(f"waiting for the sweep's shared inputs (image cache, MLflow store): "
-                  f"{waited:.0f} s", flush=True)
-            note *= 2
-    state = json.loads(path.read_text())
-    if not state.get("ok"):
-        raise MedaugError(f"the sweep's shared inputs could not be prepared: {state.get('error')}")
-
-
-def _preload() -> None:
-    """Import what the trial will use (torch, torchvision, MLflow, Ray Train), so that a
-    new trial process does it while the driver is still preparing the shared inputs."""
-    import mlflow  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    import ray.train.torch  # noqa: F401
-
-    import medaug.eval.evaluate  # noqa: F401
-    import medaug.moco.model  # noqa: F401
-    import medaug.tune.pretrain_trainer  # noqa: F401
+    table = prepare_data(cfg, cfg.output, progress=False).table  # already loaded: memoised
+    records = [table_record(table, cfg.data.csv, cfg.data.dataset)]
+    if results.get("splits_csv") and Path(results["splits_csv"]).exists():
+        records.append(splits_record(results["splits_csv"]))
+    return records
 
 
 def _limit_threads() -> None:

@@ -6,6 +6,7 @@ a row is expected blank (NaN).
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 
 from medaug.data import DATASETS, load_table, read_table, resolve_root, write_table
-from medaug.data.schema import COLUMNS, OBSERVATIONS
+from medaug.data.schema import OBSERVATIONS, TABLE_COLUMNS
 from medaug.errors import MedaugError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,13 +104,16 @@ CHEXPERT_TRAIN_LABELS = [
 
 def test_chexpert_train_rows():
     table = load_table("chexpert", CHEXPERT / "train.csv")
-    assert tuple(table.columns) == COLUMNS
+    assert tuple(table.columns) == TABLE_COLUMNS
     assert _ids(table) == [(p, p, pat, st, v, pr, "train") for p, pat, st, v, pr in
                            CHEXPERT_TRAIN_IDS]
     _assert_labels(table, CHEXPERT_TRAIN_LABELS)
     assert table["sex"].tolist() == ["Female"] * 4 + ["Male", None, None, "Male", "Male"]
     assert table["age"].tolist() == [68.0, 87.0, 83.0, 83.0, 41.0, 20.0, 20.0, 55.0, 55.0]
     assert table.attrs == {"root": str(CHEXPERT), "dataset": "chexpert"}
+    # No dates in CheXpert: the study number is the order (12 for study12, not 2).
+    assert table["study_order"].tolist() == [1.0, 2.0, 12.0, 12.0, 1.0, 1.0, 1.0, 3.0, 3.0]
+    assert table["study_days"].isna().all()
 
 
 def test_chexpert_siblings_add_valid_and_test():
@@ -273,6 +277,54 @@ def test_mimic_rows(arg):
     _assert_labels(table, MIMIC_LABELS)
     assert table["sex"].isna().all() and table["age"].isna().all()
     assert table.attrs["root"] == str(MIMIC)
+    np.testing.assert_allclose(table["study_days"].to_numpy(), MIMIC_DAYS, rtol=0, atol=1e-9)
+    assert table["study_order"].isna().all()
+
+
+def _days(date: dt.date, hours: int = 0, minutes: int = 0, seconds: float = 0.0) -> float:
+    """Days since 1970-01-01, by the standard library."""
+    return (date - dt.date(1970, 1, 1)).days + (hours * 3600 + minutes * 60 + seconds) / 86400
+
+
+# StudyDate + StudyTime of each image of the metadata fixture, read off the file.
+MIMIC_DAYS = [
+    _days(dt.date(2180, 5, 6), 21, 30, 14.531),
+    _days(dt.date(2180, 5, 6), 21, 30, 14.531),
+    _days(dt.date(2180, 6, 26), 16, 55, 0.312),
+    _days(dt.date(2153, 6, 16), 10, 0, 23.0),
+    _days(dt.date(2153, 6, 16), 10, 0, 23.0),
+    _days(dt.date(2153, 6, 16), 10, 0, 23.0),
+    _days(dt.date(2152, 7, 8), 22, 49, 36.953),
+]
+
+
+def test_mimic_study_time_details(tmp_path):
+    """The earliest image of a study dates it; a blank time leaves the date; no date columns,
+    no time; a bad date is one line naming it."""
+    folder = _mimic_copy(tmp_path)
+    meta = folder / "mimic-cxr-2.0.0-metadata.csv"
+    src = pd.read_csv(meta, dtype=str)
+    src.loc[1, "StudyTime"] = "203000"  # the lateral of study 50414267 an hour earlier
+    src.loc[6, "StudyTime"] = None  # 19999733's only image: no time
+    src.to_csv(meta, index=False)
+    days = load_table("mimic", folder)["study_days"].to_numpy()
+    earliest = _days(dt.date(2180, 5, 6), 20, 30, 0.0)
+    np.testing.assert_allclose(days, [earliest, earliest] + MIMIC_DAYS[2:6]
+                               + [_days(dt.date(2152, 7, 8))], rtol=0, atol=1e-9)
+    src.loc[3, "StudyDate"] = "21531316"
+    src.to_csv(meta, index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("mimic", folder)
+    assert _one_line(err) == (f"{meta}: column 'StudyDate' has 1 value(s) that are not "
+                              "YYYYMMDD or ISO dates, e.g. ['21531316']")
+    src.loc[3, "StudyDate"] = "21530616"
+    src.loc[3, "StudyTime"] = "256000"
+    src.to_csv(meta, index=False)
+    with pytest.raises(MedaugError, match=r"column 'StudyTime' has 1 value\(s\) that are not "
+                                          r"HHMMSS times, e.g. \['256000'\]"):
+        load_table("mimic", folder)
+    src.drop(columns=["StudyDate", "StudyTime"]).to_csv(meta, index=False)
+    assert load_table("mimic", folder)["study_days"].isna().all()
 
 
 def test_mimic_gzipped(tmp_path):
@@ -356,6 +408,19 @@ def test_nih_rows():
     _assert_labels(table, NIH_LABELS)
     assert table["sex"].tolist() == ["Male"] * 4 + ["Female"] * 2 + ["Male"]
     assert table["age"].tolist() == [58.0, 58.0, 58.0, 81.0, 81.0, 74.0, 82.0]
+    # No dates in NIH: the follow-up number is the order.
+    assert table["study_order"].tolist() == [0.0, 1.0, 2.0, 0.0, 0.0, 1.0, 0.0]
+    assert table["study_days"].isna().all()
+
+
+def test_nih_time_column_checked(tmp_path):
+    src = pd.read_csv(NIH / "Data_Entry_2017.csv", dtype=str)
+    src.loc[2, "Follow-up #"] = "2b"
+    src.to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("nih", tmp_path / "Data_Entry_2017.csv")
+    assert _one_line(err) == (f"{tmp_path / 'Data_Entry_2017.csv'}: column 'study_order' has "
+                              "value(s) ['2b']; allowed: a whole number >= 0 or blank")
 
 
 def test_nih_without_lists_and_old_ages(tmp_path):
@@ -417,10 +482,10 @@ def test_generic_minimal_map_each_image_its_own_study():
                                    "projection": "position"})
     assert table["study_id"].tolist() == ["A/img/a1.png", "A/img/a2.png", "A/img/a3.png",
                                           "B/img/b1.png", "B/img/b2.png"]
-    # From the projection alone: "Frontal" is no projection (unknown -> view other), while
+    # From the projection alone: "Frontal" is a frontal film of unknown projection, while
     # "lateral" is the LATERAL projection in lower case.
     assert table["projection"].tolist() == ["unknown", "LATERAL", "PA", "LL", "AP"]
-    assert table["view"].tolist() == ["other", "lateral", "frontal", "lateral", "frontal"]
+    assert table["view"].tolist() == ["frontal", "lateral", "frontal", "lateral", "frontal"]
     assert table["split"].tolist() == ["train"] * 5
 
 
@@ -435,13 +500,224 @@ def test_generic_minimal_map_each_image_its_own_study():
         ({"path": "file", "patient_id": "subject", "view": "position", "laterality": "x"},
          "data.column_map: unknown key(s) laterality; valid: path, patient_id, view"),
         ({"path": "file", "patient_id": "subject", "view": "notes", "image_id": "file"},
-         "column 'notes' (view) has value(s) ['<blank>', 'first', 'second']; valid: frontal"),
+         "column 'notes' (view) has 3 value(s) outside the vocabulary: '<blank>' (3), "
+         "'first' (1), 'second' (1); known: PA, AP, LATERAL, LL, frontal, other"),
     ],
 )
 def test_generic_map_errors(column_map, message):
     with pytest.raises(MedaugError) as err:
         load_table("csv", GENERIC / "images.csv", column_map=column_map)
     assert message in _one_line(err)
+
+
+VISITS = GENERIC / "visits.csv"
+VISITS_MAP = {"path": "image", "patient_id": "subject", "study_id": "exam", "view": "view",
+              "study_date": "taken", "study_order": "visit"}
+
+
+def test_generic_study_dates_and_order():
+    table = load_table("csv", VISITS, column_map=VISITS_MAP)
+    assert table["study_id"].tolist() == ["q1/v1", "q1/v1", "q1/v2", "q2/v1", "q2/v2", "q2/v3"]
+    expected = [
+        _days(dt.date(2015, 3, 27)),  # study v1 of q1: its earliest image (the next is 03-28)
+        _days(dt.date(2015, 3, 27)),
+        _days(dt.date(2015, 4, 1)),  # ISO date
+        _days(dt.date(2016, 2, 29), 6),  # ISO date and time
+        _days(dt.date(2016, 3, 1), 16),  # 18:00 at UTC+2
+        np.nan,  # blank
+    ]
+    np.testing.assert_allclose(table["study_days"].to_numpy(), expected, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(table["study_order"].to_numpy(), [1, 1, 2, 3, 4, np.nan])
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("taken", "27/03/2015",
+         "column 'taken' has 1 value(s) that are not YYYYMMDD or ISO dates, e.g. ['27/03/2015']"),
+        ("taken", "2015", "column 'taken' has 1 value(s) that are not YYYYMMDD or ISO dates"),
+        ("taken", "20150231", "e.g. ['20150231']"),
+        ("visit", "2", "column 'study_order' differs between the images of study(s) ['q1/v1']"),
+    ],
+)
+def test_generic_bad_study_dates(tmp_path, column, value, message):
+    src = pd.read_csv(VISITS, dtype=str)
+    src.loc[1, column] = value
+    src.to_csv(tmp_path / "visits.csv", index=False)
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", tmp_path / "visits.csv", column_map=VISITS_MAP)
+    assert message in _one_line(err)
+
+
+# --------------------------------------------------------------------------- value maps
+
+POSITIONS = GENERIC / "positions.csv"
+POSITIONS_MAP = {"path": "image", "patient_id": "subject", "study_id": "exam",
+                 "projection": "Projection"}
+POSITIONS_VALUES = ["projection:L=LATERAL,AP_horizontal=AP", "projection:COSTAL=other"]
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    from medaug.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_projection_values_stop_the_adapter_with_their_counts():
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP)
+    # " l" counts with "L" (values compare stripped, without case); the blank cell is no
+    # value (unknown projection); PA and AP are known.
+    assert _one_line(err) == (
+        f"{POSITIONS}: column 'Projection' (projection) has 3 value(s) outside the vocabulary: "
+        "'L' (3), 'AP_horizontal' (2), 'COSTAL' (1); known: PA, AP, LATERAL, LL, frontal, "
+        "other; say what each stands for with --map-values projection:RAW=CANONICAL,... "
+        "(data.value_map in a config)"
+    )
+    # A map that leaves one value out names only that one.
+    with pytest.raises(MedaugError, match=r"has 1 value\(s\) outside the vocabulary: "
+                                          r"'COSTAL' \(1\); known"):
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP,
+                   value_map={"projection": {"l": "lateral", "AP_HORIZONTAL": "AP"}})
+
+
+def _expected_positions() -> pd.DataFrame:
+    """The canonical table of positions.csv under POSITIONS_VALUES, written out by hand."""
+    rows = [
+        # path, patient, study, view, projection
+        ("p1/e1/a.png", "p1", "p1/e1", "frontal", "PA"),
+        ("p1/e1/b.png", "p1", "p1/e1", "lateral", "LATERAL"),  # L
+        ("p1/e2/a.png", "p1", "p1/e2", "frontal", "AP"),  # AP_horizontal
+        ("p2/e1/a.png", "p2", "p2/e1", "other", "unknown"),  # COSTAL
+        ("p2/e1/b.png", "p2", "p2/e1", "lateral", "LATERAL"),  # " l"
+        ("p2/e2/a.png", "p2", "p2/e2", "frontal", "AP"),
+        ("p3/e1/a.png", "p3", "p3/e1", "lateral", "LATERAL"),  # L
+        ("p3/e1/b.png", "p3", "p3/e1", "other", "unknown"),  # blank
+        ("p3/e2/a.png", "p3", "p3/e2", "frontal", "AP"),  # ap_horizontal
+    ]
+    data: dict[str, list] = {c: [] for c in ID}
+    for path, patient, study, view, projection in rows:
+        for column, value in zip(ID, (path, path, patient, study, view, projection, "train")):
+            data[column].append(value)
+    for obs in OBSERVATIONS:
+        data[obs] = [np.nan] * len(rows)
+    data["sex"] = [None] * len(rows)
+    data["age"] = [np.nan] * len(rows)
+    return pd.DataFrame(data).astype({c: object for c in ID + ("sex",)})
+
+
+def test_a_value_map_makes_the_table_load(tmp_path):
+    from medaug.data.load import parse_value_map
+
+    value_map = parse_value_map(POSITIONS_VALUES)
+    assert value_map == {"projection": {"L": "LATERAL", "AP_horizontal": "AP", "COSTAL": "other"}}
+    table = load_table("csv", POSITIONS, column_map=POSITIONS_MAP, value_map=value_map)
+    expected = _expected_positions()
+    pd.testing.assert_frame_equal(table.loc[:, list(expected.columns)], expected)
+
+
+def test_a_value_map_on_a_view_column(tmp_path):
+    """Raw view values may stand for a view or a projection (which the view then carries)."""
+    src = pd.read_csv(POSITIONS, dtype=str)
+    src.rename(columns={"Projection": "position"}).fillna("").to_csv(tmp_path / "v.csv",
+                                                                       index=False)
+    column_map = {"path": "image", "patient_id": "subject", "study_id": "exam",
+                  "view": "position"}
+    with pytest.raises(MedaugError, match=r"column 'position' \(view\) has 4 value\(s\) "
+                                          r"outside the vocabulary: 'L' \(3\), "
+                                          r"'AP_horizontal' \(2\), '<blank>' \(1\), "
+                                          r"'COSTAL' \(1\);"):
+        load_table("csv", tmp_path / "v.csv", column_map=column_map)
+    table = load_table(
+        "csv", tmp_path / "v.csv", column_map=column_map,
+        value_map={"view": {"L": "lateral", "AP_horizontal": "frontal", "COSTAL": "other",
+                            "": "other"}},
+    )
+    assert table["view"].tolist() == ["frontal", "lateral", "frontal", "other", "lateral",
+                                      "frontal", "lateral", "other", "frontal"]
+    # "lateral" is also the LATERAL projection; "frontal" and "other" name no projection.
+    assert table["projection"].tolist() == ["PA", "LATERAL", "unknown", "unknown", "LATERAL",
+                                            "AP", "LATERAL", "unknown", "unknown"]
+
+
+@pytest.mark.parametrize(
+    ("value_map", "message"),
+    [
+        ({"sex": {"1": "Male"}},
+         "data.value_map: column 'sex' has no vocabulary to map; valid: view, projection"),
+        ({"projection": {"L": "SIDE"}},
+         "data.value_map: projection:L=SIDE names 'SIDE'; valid: PA, AP, LATERAL, LL, "
+         "frontal, other"),
+        ({"projection": {"L": "LATERAL", "l": "other"}},
+         "data.value_map: projection value 'l' is mapped to both LATERAL and OTHER"),
+        ({"projection": ["L=LATERAL"]},
+         "data.value_map.projection must map raw values to canonical ones"),
+    ],
+)
+def test_bad_value_maps(value_map, message):
+    with pytest.raises(MedaugError) as err:
+        load_table("csv", POSITIONS, column_map=POSITIONS_MAP, value_map=value_map)
+    assert _one_line(err).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "items", [["projection"], ["projection:"], ["projection:L"], ["projection:L=,AP=AP"],
+              [":L=LATERAL"]],
+)
+def test_malformed_map_values(items):
+    from medaug.data.load import parse_value_map
+
+    with pytest.raises(MedaugError) as err:
+        parse_value_map(items)
+    assert _one_line(err) == (
+        f"--map-values {items[0]!r} must look like column:RAW=CANONICAL,RAW=CANONICAL..."
+    )
+
+
+def test_value_map_only_for_csv():
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", CHEXPERT / "train.csv", value_map={"projection": {"L": "LL"}})
+    assert _one_line(err) == "data.value_map applies to dataset 'csv' only, not 'chexpert'"
+
+
+def test_value_map_in_configs():
+    from medaug.config import build_config, flatten
+
+    cfg = build_config({"data": {"value_map": {"projection": {"L": "LATERAL", "COSTAL": "other"}}}})
+    assert cfg.data.value_map == {"projection": {"L": "LATERAL", "COSTAL": "other"}}
+    # An override names the whole map, as for data.column_map.
+    cfg = build_config(None, ["data.value_map={view: {Side: lateral}, projection: {L: LL}}"])
+    assert cfg.data.value_map == {"view": {"Side": "lateral"}, "projection": {"L": "LL"}}
+    assert flatten({"data": {"value_map": cfg.data.value_map}})["data.value_map"] == (
+        cfg.data.value_map
+    )
+    with pytest.raises(MedaugError, match="data.value_map: projection:L=SIDE names 'SIDE'"):
+        build_config(None, ["data.value_map={projection: {L: SIDE}}"])
+    with pytest.raises(MedaugError, match="data.value_map.projection: expected a mapping"):
+        build_config(None, ["data.value_map={projection: L}"])
+
+
+def test_data_table_command_with_map_values(tmp_path, capsys):
+    base = ["data", "table", "--dataset", "csv", "--csv", str(POSITIONS), "--map",
+            "path=image", "patient_id=subject", "study_id=exam", "projection=Projection",
+            "--out", str(tmp_path / "t.parquet")]
+    code, out, err = _run(base, capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "'L' (3), 'AP_horizontal' (2), 'COSTAL' (1)" in err
+    assert not (tmp_path / "t.parquet").exists()
+    code, out, err = _run(base + ["--map-values"] + POSITIONS_VALUES, capsys)
+    assert code == 0, err
+    assert out.startswith("wrote 9 rows (3 patients, 6 studies; train 9) to ")
+    expected = _expected_positions()
+    table = read_table(tmp_path / "t.parquet")
+    pd.testing.assert_frame_equal(table.loc[:, list(expected.columns)], expected)
+    code, out, err = _run(base + ["--map-values", "projection=L"], capsys)
+    assert code == 2 and err.strip() == (
+        "medaug data: error: --map-values 'projection=L' must look like "
+        "column:RAW=CANONICAL,RAW=CANONICAL..."
+    )
 
 
 # --------------------------------------------------------------------------- load_table
@@ -465,7 +741,7 @@ def test_registry_names():
 def test_every_dataset_round_trips_through_parquet(dataset, tmp_path):
     csv, column_map = FIXTURE_OF[dataset]
     table = load_table(dataset, csv, column_map=column_map)
-    assert tuple(table.columns) == COLUMNS and len(table) > 0
+    assert tuple(table.columns) == TABLE_COLUMNS and len(table) > 0
     assert table.attrs["dataset"] == dataset
     # Study ids never cross patients and always start with the patient id.
     assert all(s.startswith(p + "/") for p, s in zip(table["patient_id"], table["study_id"]))

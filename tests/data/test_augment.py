@@ -128,22 +128,92 @@ def test_rotation_fills_corners_with_black():
     assert float(out[16, 16]) == pytest.approx(200 / 255, abs=1e-5)
 
 
-def test_crop_windows_follow_scale_and_ratio():
-    p = sample_params(2000, 64, torch.Generator().manual_seed(0), crop_scale=0.5)
-    assert torch.equal(p.height, p.width)  # ratio (1, 1): square windows
-    area = (p.height * p.width).double() / 64**2
-    assert area.min() >= 0.5 - 2 * 64 / 64**2 and area.max() <= 1.0
-    assert (p.top >= 0).all() and (p.top + p.height <= 64).all()
-    assert (p.left >= 0).all() and (p.left + p.width <= 64).all()
-    p = sample_params(
-        2000, 64, torch.Generator().manual_seed(0), crop_scale=0.5, crop_ratio=(0.75, 4 / 3)
-    )
-    assert (p.height != p.width).any()
-    assert (p.left + p.width <= 64).all() and (p.top + p.height <= 64).all()
+def test_flip_and_angle_draws():
     flips = sample_params(4000, 8, torch.Generator().manual_seed(0), hflip=0.3).flip.double().mean()
     assert float(flips) == pytest.approx(0.3, abs=0.03)
     angles = sample_params(4000, 8, torch.Generator().manual_seed(0), rotation=10.0).angle
     assert angles.abs().max() <= 10.0 and angles.min() < -9.0 and angles.max() > 9.0
+    p = sample_params(50, 8, torch.Generator().manual_seed(0), crop_ratio=(0.5, 2.0))
+    assert (p.width == 8).all() and (p.height == 8).all() and (p.top == 0).all()  # no crop
+
+
+MOCO = (3 / 4, 4 / 3)
+
+
+@pytest.mark.parametrize(
+    "scale, ratio",
+    [(0.95, MOCO), (0.5, MOCO), (0.08, MOCO), (0.3, (0.5, 2.0)), (0.5, (1.0, 1.0))],
+)
+def test_crop_boxes_lie_in_the_scale_and_ratio_ranges(scale, ratio):
+    """Every sampled window: inside the image, area share in [scale, 1] and w / h in the
+    ratio range, up to the rounding of each side to whole pixels (half a pixel)."""
+    size = 320
+    p = sample_params(4000, size, torch.Generator().manual_seed(0), crop_scale=scale,
+                      crop_ratio=ratio)
+    w, h = p.width.double(), p.height.double()
+    assert (p.top >= 0).all() and (p.top + p.height <= size).all()
+    assert (p.left >= 0).all() and (p.left + p.width <= size).all()
+    assert ((w + 0.5) / (h - 0.5) >= ratio[0]).all() and ((w - 0.5) / (h + 0.5) <= ratio[1]).all()
+    assert ((w + 0.5) * (h + 0.5) >= scale * size**2).all() and (w * h <= size**2).all()
+    if scale <= 0.3:  # small windows fit at every ratio: the whole range is reached
+        assert float((w / h).min()) < ratio[0] * 1.02 and float((w / h).max()) > ratio[1] / 1.02
+
+
+@pytest.mark.parametrize("scale, ratio", [(0.95, MOCO), (0.5, MOCO), (0.2, (0.5, 2.0))])
+def test_crop_boxes_follow_torchvision_random_resized_crop(scale, ratio):
+    """The windows' area shares, ratios and offsets have the distribution of torchvision's
+    RandomResizedCrop.get_params (two-sample Kolmogorov-Smirnov, fixed seeds)."""
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    size, n = 320, 3000
+    p = sample_params(n, size, torch.Generator().manual_seed(0), crop_scale=scale,
+                      crop_ratio=ratio)
+    torch.manual_seed(0)
+    img = torch.zeros(1, size, size)
+    ref = torch.tensor([RandomResizedCrop.get_params(img, [scale, 1.0], list(ratio))
+                        for _ in range(n)]).double()  # n x (top, left, h, w)
+    ours = torch.stack([p.top, p.left, p.height, p.width], dim=1).double()
+    for name, a, b in (
+        ("area", ours[:, 2] * ours[:, 3], ref[:, 2] * ref[:, 3]),
+        ("ratio", ours[:, 3] / ours[:, 2], ref[:, 3] / ref[:, 2]),
+        ("top share", ours[:, 0] / (size - ours[:, 2] + 1), ref[:, 0] / (size - ref[:, 2] + 1)),
+    ):
+        assert ks_2samp(a.numpy(), b.numpy()).pvalue > 1e-3, name
+
+
+@pytest.mark.parametrize("ratio", [(1.2, 1.5), (0.5, 0.8)])
+def test_crop_falls_back_to_torchvision_central_window(ratio):
+    """No window of the whole area fits a ratio range without 1: the central window of the
+    nearest ratio, exactly as torchvision's fallback."""
+    from torchvision.transforms import RandomResizedCrop
+
+    size = 64
+    p = sample_params(5, size, torch.Generator().manual_seed(0), crop_scale=1.0, crop_ratio=ratio)
+    expected = RandomResizedCrop.get_params(torch.zeros(1, size, size), [1.0, 1.0], list(ratio))
+    for i in range(5):
+        got = (int(p.top[i]), int(p.left[i]), int(p.height[i]), int(p.width[i]))
+        assert got == tuple(expected)
+
+
+def test_crop_ratio_defaults_to_moco_and_is_validated():
+    from medaug.config import PretrainConfig, build_config
+    from medaug.errors import MedaugError
+
+    assert PretrainConfig().crop_ratio == pytest.approx(list(MOCO))
+    assert BatchAugment().crop_ratio == pytest.approx(MOCO)
+    a = sample_params(100, 64, torch.Generator().manual_seed(3), crop_scale=0.5)
+    b = sample_params(100, 64, torch.Generator().manual_seed(3), crop_scale=0.5, crop_ratio=MOCO)
+    assert torch.equal(a.width, b.width) and (a.width != a.height).any()
+    cfg = build_config(None, ["pretrain.crop_ratio=[0.8, 1.25]"])
+    assert cfg.pretrain.crop_ratio == [0.8, 1.25]
+    for bad in ("[1.5, 1.0]", "[0, 1]", "[1.0]", "[0.75, 1.3, 2.0]", "[-1, 1]", "[1, .inf]"):
+        with pytest.raises(MedaugError, match="pretrain.crop_ratio must be two positive"):
+            build_config(None, [f"pretrain.crop_ratio={bad}"])
+    with pytest.raises(ValueError, match="crop_ratio"):
+        BatchAugment(crop_ratio=(2.0, 1.0))
+    with pytest.raises(ValueError, match="crop_ratio"):
+        sample_params(4, 8, crop_scale=0.5, crop_ratio=(0.0, 1.0))
 
 
 def test_generator_makes_views_reproducible():

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from medaug.data.schema import (
     COLUMNS,
     OBSERVATIONS,
+    TABLE_COLUMNS,
+    TIME_COLUMNS,
     check_observation,
     check_uncertain_policy,
     empty_table,
@@ -47,10 +49,12 @@ def _rows() -> pd.DataFrame:
 
 def test_validate_canonical_order_dtypes_and_coercion():
     out = validate(_rows(), "rows")
-    assert tuple(out.columns) == COLUMNS
+    assert tuple(out.columns) == COLUMNS + ("study_days", "study_order") == TABLE_COLUMNS
     assert out["patient_id"].tolist() == ["7", "7", "8"]
     assert all(out[c].dtype == object for c in ("image_id", "path", "patient_id", "sex"))
-    assert all(out[c].dtype == np.float64 for c in OBSERVATIONS + ("age",))
+    assert all(out[c].dtype == np.float64 for c in OBSERVATIONS + ("age",) + TIME_COLUMNS)
+    # The time columns are optional: an input without them gets them blank.
+    assert out["study_days"].isna().all() and out["study_order"].isna().all()
     np.testing.assert_array_equal(out["Pleural Effusion"].to_numpy(), [1.0, np.nan, -1.0])
     np.testing.assert_array_equal(out["Edema"].to_numpy(), [0.0, 1.0, np.nan])
     np.testing.assert_array_equal(out["age"].to_numpy(), [61.0, np.nan, np.nan])
@@ -60,7 +64,7 @@ def test_validate_canonical_order_dtypes_and_coercion():
 
 def test_empty_table_is_valid_and_canonical():
     table = empty_table()
-    assert len(table) == 0 and tuple(table.columns) == COLUMNS
+    assert len(table) == 0 and tuple(table.columns) == TABLE_COLUMNS
 
 
 @pytest.mark.parametrize(
@@ -107,12 +111,52 @@ def test_validate_study_shared_by_two_patients():
         validate(df, "t")
 
 
+def test_time_columns_one_number_per_study():
+    df = _rows()
+    # Rows 0 and 1 share study 7/1; text numbers, blanks and ints are all accepted.
+    df["study_days"] = ["16800.25", 16800.25, None]
+    df["study_order"] = [2, "2", " "]
+    out = validate(df, "t")
+    np.testing.assert_array_equal(out["study_days"].to_numpy(), [16800.25, 16800.25, np.nan])
+    np.testing.assert_array_equal(out["study_order"].to_numpy(), [2.0, 2.0, np.nan])
+    # Both blank in one study is one value too.
+    df["study_days"] = [None, np.nan, 3.0]
+    np.testing.assert_array_equal(validate(df, "t")["study_days"].to_numpy(),
+                                  [np.nan, np.nan, 3.0])
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("study_days", [1.0, 2.0, 0.0],
+         "t: column 'study_days' differs between the images of study(s) ['7/1']; "
+         "it holds one value per study"),
+        ("study_days", [1.0, np.nan, 0.0], "differs between the images of study(s) ['7/1']"),
+        ("study_order", [1, 1, 2.5],
+         "t: column 'study_order' has value(s) ['2.5']; allowed: a whole number >= 0 or blank"),
+        ("study_order", [-1, -1, 0], "column 'study_order' has value(s) ['-1']"),
+        ("study_order", ["first", "first", 1], "column 'study_order' has value(s) ['first']"),
+        ("study_days", [np.inf, np.inf, 0.0],
+         "t: column 'study_days' has value(s) ['inf']; allowed: a finite number of days or blank"),
+    ],
+)
+def test_time_columns_rejected(column, values, message):
+    df = _rows()
+    df[column] = pd.Series(values, dtype=object)
+    with pytest.raises(MedaugError) as err:
+        validate(df, "t")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 def test_parquet_round_trip_is_atomic(tmp_path):
     table = validate(_rows())
     path = write_table(table, tmp_path / "sub" / "table.parquet")
     assert [p.name for p in path.parent.iterdir()] == ["table.parquet"]  # no temp file left
     back = read_table(path)
     pd.testing.assert_frame_equal(back, table)
+    # A table stored before the time columns existed reads with them blank.
+    table.drop(columns=list(TIME_COLUMNS)).to_parquet(tmp_path / "old.parquet", index=False)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "old.parquet"), table)
     with pytest.raises(MedaugError, match="metadata table .*missing.parquet does not exist"):
         read_table(tmp_path / "missing.parquet")
 

@@ -41,6 +41,25 @@ def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
     torch.testing.assert_close(queue.keys[:8].norm(dim=1), torch.ones(8))
 
 
+def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path):
+    """A step whose anchors' own keys sit in the queue: each is counted, and it changes the
+    loss only when pretrain.keep_own_image_negatives keeps it."""
+    losses, counts = {}, {}
+    for keep in (False, True):
+        cfg = tiny_config(f"pretrain.keep_own_image_negatives={str(keep).lower()}")
+        data = prepare_data(cfg, tmp_path, progress=False)
+        torch.manual_seed(0)
+        method = get_method("moco")(cfg, data, torch.device("cpu"), torch.Generator().manual_seed(0))
+        first, second = data.train[:8], data.train[8:16]
+        method.step(method.module, first, second)
+        method.after_step()  # the queue now holds one key of each image of `second`
+        loss, stats = method.step(method.module, second, first)  # ... this step's anchors
+        losses[keep] = float(loss.detach())
+        counts[keep] = (stats["n_neg_own"], stats["n_neg_own_queries"])
+    assert counts[False] == counts[True] == (8, 8)
+    assert losses[False] != losses[True]
+
+
 # ---------------------------------------------------------------------------------------------
 # A second method, registered here only: the engine, checkpoints, resume and evaluation serve
 # it without knowing anything of it.

@@ -12,6 +12,7 @@ from medaug.engine.checkpoint import best_checkpoint, load_backbone, load_state
 from medaug.engine.data import pair_index, prepare_data
 from medaug.engine.pretrain import KnnMonitor, check_pretrain, pretrain
 from medaug.errors import MedaugError
+from medaug.methods import get_method
 
 
 def tiny_config_used(saved: dict):
@@ -39,7 +40,8 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
         assert 0.0 <= m["knn_auc"] <= 1.0
         assert m["images_per_s"] > 0
         assert m["lr"] == pytest.approx(1e-4)
-        for key in ("n_fallback_pairs", "n_neg_fallback", "n_neg_short"):
+        for key in ("n_fallback_pairs", "n_neg_fallback", "n_neg_short", "n_neg_own",
+                    "n_neg_own_queries"):
             assert isinstance(m[key], int) and m[key] >= 0
     best = max(lines, key=lambda m: m["knn_auc"])
     assert summary["best_epoch"] == best["epoch"]
@@ -203,3 +205,33 @@ def test_pair_index_covers_the_training_rows(tiny_config, tmp_path):
             assert t.loc[codes == code, column].nunique() == 1
     assert len(np.unique(data.patient)) == t["patient_id"].nunique()
     assert data.cache.images.shape == (len(t), 32, 32)
+
+
+def test_anchor_restriction_limits_the_anchors_drawn(tiny_config, tmp_path, monkeypatch):
+    """With pretrain.anchors_with, every query of every step is a kept anchor."""
+    cfg = tiny_config(
+        "pretrain.criterion=patient_same_study_same_lat",
+        "pretrain.size_match=patient_same_study_distinct_lat",
+        "pretrain.anchors_with=patient_same_study_distinct_lat",
+        "pretrain.epochs=1",
+        "pretrain.max_steps_per_epoch=null",
+        "pretrain.knn_every=0",
+    )
+    seen: list[np.ndarray] = []
+    moco = get_method("moco")
+    real_step = moco.step
+
+    def recording_step(self, net, rows_a, rows_b):
+        seen.append(np.asarray(rows_a).copy())
+        return real_step(self, net, rows_a, rows_b)
+
+    monkeypatch.setattr(moco, "step", recording_step)
+    pretrain(cfg, tmp_path / "run", progress=False)
+    table = prepare_data(cfg, tmp_path / "run", progress=False).table
+    both = table.groupby("study_id")["view"].agg(lambda v: {"frontal", "lateral"} <= set(v))
+    kept = set(np.flatnonzero(table["study_id"].map(both).to_numpy() & (table["split"] == "train")))
+    queries = np.concatenate(seen)
+    # One epoch draws nearly every anchor once: without the restriction, images of
+    # single-view studies would be among them.
+    assert len(seen) >= 2 and len(queries) > len(kept) - cfg.pretrain.batch_size * 2
+    assert set(queries.tolist()) <= kept and len(set(queries.tolist())) == len(queries)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medaug.errors import MedaugError
 from medaug.pairs import build_pair_index, pair_stats
 
 OBS = "Pleural Effusion"
@@ -28,9 +29,12 @@ FIELDS = {
     "n_patients",
     "n_studies",
     "criterion",
+    "criterion_spec",
     "distinct_only",
     "size_match",
+    "anchors_with",
     "n_anchors",
+    "n_restricted",
     "n_fallback",
     "n_skipped",
     "n_with_other",
@@ -47,7 +51,9 @@ def test_distinct_studies_by_hand(table):
     assert set(stats) == FIELDS
     assert stats["n_images"] == 6 and stats["n_patients"] == 3 and stats["n_studies"] == 5
     assert stats["criterion"] == "patient_distinct_studies"
+    assert stats["criterion_spec"] == {"same": ["patient_id"], "distinct": ["study_id"]}
     assert stats["distinct_only"] is False and stats["size_match"] is None
+    assert stats["anchors_with"] is None and stats["n_restricted"] == 0
     assert stats["n_anchors"] == 6 and stats["n_fallback"] == 1 and stats["n_skipped"] == 0
     assert stats["n_with_other"] == 5
     assert stats["mean_set_size"] == pytest.approx(7 / 6)
@@ -108,10 +114,10 @@ def test_size_match_and_no_real_sets(table):
     assert stats["n_with_other"] == 2
     only = build_pair_index(table, "patient_same_study_distinct_lat")
     assert pair_stats(table, only)["n_fallback"] == 4
+    # A criterion that selects no image for any anchor is refused, not counted as fallbacks.
     single = table.iloc[[5]].reset_index(drop=True)
-    dis = pair_stats(single, build_pair_index(single, "patient_distinct_studies"), label=OBS)
-    assert dis["label_disagreement"]["n_anchors"] == 0
-    assert dis["label_disagreement"]["mean"] is None
+    with pytest.raises(MedaugError, match="selects no image"):
+        build_pair_index(single, "patient_distinct_studies")
 
 
 def test_studies_are_counted_per_patient():

@@ -97,6 +97,73 @@ def test_pairs_options_and_plot(csv, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_pairs_anchors_with(csv, tmp_path, capsys):
+    out = tmp_path / "pairs.json"
+    rc = main(
+        [
+            "pairs",
+            "--csv",
+            str(csv),
+            "--criterion",
+            "patient_same_study_same_lat",
+            "--size-match",
+            "patient_same_study_distinct_lat",
+            "--anchors-with",
+            "patient_same_study_distinct_lat",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "anchors with a partner under patient_same_study_distinct_lat" in printed
+    stats = json.loads(out.read_text())
+    # Only patient 1's study1 holds a frontal and a lateral: its two images are the anchors,
+    # each its own same-laterality set (x is in it; no distinct-only).
+    assert stats["anchors_with"] == "patient_same_study_distinct_lat"
+    assert stats["n_anchors"] == 2 and stats["n_restricted"] == 4 and stats["n_skipped"] == 4
+    assert stats["n_fallback"] == 0 and stats["n_with_other"] == 0
+    assert stats["set_size_hist"] == {"1": 2}
+
+
+def test_pairs_criterion_yaml_inline_equals_the_named_criterion(csv, tmp_path):
+    named, inline = tmp_path / "named.json", tmp_path / "inline.json"
+    base = ["pairs", "--csv", str(csv), "--label", OBS]
+    assert (
+        main([*base, "--criterion", "patient_same_study_distinct_lat", "--json", str(named)]) == 0
+    )
+    spec = "{same: [patient_id, study_id], distinct: [view]}"
+    assert main([*base, "--criterion-yaml", spec, "--json", str(inline)]) == 0
+    assert json.loads(inline.read_text()) == json.loads(named.read_text())
+    assert json.loads(inline.read_text())["criterion"] == "patient_same_study_distinct_lat"
+
+
+def test_pairs_criterion_yaml_file(csv, tmp_path, capsys):
+    spec = tmp_path / "close_studies.yaml"
+    spec.write_text(
+        "same: [patient_id]\ndistinct: [study_id]\nwithin: {study_order: 1}\nmax_partners: 1\n"
+    )
+    out = tmp_path / "pairs.json"
+    assert (
+        main(["pairs", "--csv", str(csv), "--criterion-yaml", str(spec), "--json", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    name = "same=patient_id distinct=study_id within=study_order<=1 max_partners=1"
+    assert f"criterion {name} on 6 images" in printed
+    stats = json.loads(out.read_text())
+    # Only patient 2's studies 1 and 2 are one apart; patient 1's are study1 and study12.
+    assert stats["criterion"] == name
+    assert stats["criterion_spec"] == {
+        "same": ["patient_id"],
+        "distinct": ["study_id"],
+        "within": {"study_order": 1},
+        "max_partners": 1,
+    }
+    assert stats["n_anchors"] == 6 and stats["n_fallback"] == 4 and stats["n_with_other"] == 2
+    rc = main(["pairs", "--csv", str(csv), "--criterion-yaml", str(spec), "--distinct-only"])
+    assert rc == 0 and "anchors 2 (skipped 4)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -107,6 +174,28 @@ def test_pairs_options_and_plot(csv, tmp_path):
             "unknown observation 'Effusion'",
         ),
         (["--criterion", "instance", "--distinct-only"], "leaves no anchors"),
+        (
+            ["--criterion", "patient_same_study", "--anchors-with", "lateral"],
+            "unknown pair criterion 'lateral'; valid: instance, ",
+        ),
+        (["--criterion", "patient_same_study", "--anchors-with", "instance"], "leaves no anchors"),
+        (
+            ["--criterion-yaml", "{same: [patient_id], within: {study_dayz: 3}}"],
+            "--criterion-yaml: criterion 'same=patient_id within=study_dayz<=3' reads unknown "
+            "column(s) study_dayz; the canonical table has: image_id",
+        ),
+        (["--criterion-yaml", "{same: [view], distinct: [view]}"], "cannot be both"),
+        (["--criterion-yaml", "{same: [patient_id], maxpartners: 2}"], "unknown criterion key"),
+        (["--criterion-yaml", "{same: [patient_id"], "--criterion-yaml is not valid YAML"),
+        (["--criterion-yaml", "[patient_id]"], "must hold a criterion mapping"),
+        (["--criterion-yaml", "missing.yaml"], "file missing.yaml does not exist"),
+        (
+            [
+                "--criterion-yaml",
+                "{same: [patient_id], distinct: [study_id], within: {study_days: 5}}",
+            ],
+            "selects no image for any of the 6 anchors",
+        ),
         (["--criterion", "patient_all_studies_same_label"], "compares downstream labels"),
         (
             ["--criterion", "patient_same_study", "--map", "patient_id"],

@@ -50,7 +50,7 @@ COUNTS = [
     ("table3", 2, []),
     ("table4", 3, []),
     ("table5", 2, []),
-    ("table6", 5, []),
+    ("table6", 6, []),
     ("full", 7 * 2 * 5, ["imagenet", "random"]),
 ]
 
@@ -94,26 +94,39 @@ def test_table2_to_table5_settings(weights):
         ("patient_distinct_studies", None, True),
         ("patient_all_studies", "patient_distinct_studies", True),
     }
-    t4 = [(c.pretrain.criterion, c.pretrain.size_match) for _, c in _resolved(_sweep("table4", weights))]
-    assert t4 == [
-        ("patient_same_study_same_lat", None),
-        ("patient_same_study", "patient_same_study_same_lat"),
-        ("patient_same_study", None),
+    # Table 4: full-data runs, x in its own set; only the all-lateralities set is cut.
+    t4 = [
+        (c.pretrain.criterion, c.pretrain.size_match, c.pretrain.distinct_only, c.pretrain.anchors_with)
+        for _, c in _resolved(_sweep("table4", weights))
     ]
+    assert t4 == [
+        ("patient_same_study_same_lat", None, False, None),
+        ("patient_same_study", "patient_same_study_same_lat", False, None),
+        ("patient_same_study", None, False, None),
+    ]
+    # Table 5: the same anchors (a counterpart of the other laterality in the study), each
+    # set cut to the other's size, x kept in its own same-laterality set.
     t5 = {
-        (c.pretrain.criterion, c.pretrain.size_match, c.pretrain.distinct_only)
+        (c.pretrain.criterion, c.pretrain.size_match, c.pretrain.distinct_only, c.pretrain.anchors_with)
         for _, c in _resolved(_sweep("table5", weights))
     }
     assert t5 == {
-        ("patient_same_study_same_lat", "patient_same_study_distinct_lat", True),
-        ("patient_same_study_distinct_lat", "patient_same_study_same_lat", True),
+        ("patient_same_study_same_lat", "patient_same_study_distinct_lat", False,
+         "patient_same_study_distinct_lat"),
+        ("patient_same_study_distinct_lat", "patient_same_study_same_lat", False,
+         "patient_same_study_distinct_lat"),
     }
 
 
 def test_table6_and_full_cover_the_registries(weights):
     t6 = _resolved(_sweep("table6", weights))
-    assert sorted(c.pretrain.negatives for _, c in t6) == sorted(list_strategies())
+    assert {c.pretrain.negatives for _, c in t6} == set(list_strategies())
     assert {c.pretrain.criterion for _, c in t6} == {"patient_same_study"}
+    # Reweighted twice, as two named rows: the formula's reading of the paper's t = 0.1 and
+    # the prose's (90% of the weight on same-laterality keys).
+    reweighted = {t.params["variant"]: c.pretrain.reweight_t for t, c in t6 if c.pretrain.negatives == "reweighted"}
+    assert reweighted == {"reweighted_formula_t0.1": 0.1, "reweighted_prose_t0.9": 0.9}
+    assert sum(c.pretrain.negatives != "reweighted" for _, c in t6) == len(list_strategies()) - 1
     full = {
         (c.pretrain.criterion, c.pretrain.crop_scale, c.pretrain.negatives)
         for t, c in _resolved(_sweep("full", weights))

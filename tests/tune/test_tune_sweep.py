@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -90,125 +91,21 @@ def test_bad_sweep_fails_before_anything_runs(tmp_path, capsys):
 def test_dry_run_lists_trials(tmp_path, capsys):
     assert cli_main(["sweep", "--config", "table6", "--output", str(tmp_path), "--dry-run", "--smoke"]) == 0
     out = capsys.readouterr().out
-    assert "5 trials:" in out and "negatives=synthetic" in out
+    assert "6 trials:" in out and "reweighted_prose_t0.9" in out and "synthetic" in out
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared inputs prepared while the trials start
-
-
-def test_trials_wait_for_the_inputs_marker(tmp_path):
-    import threading
-
-    from medaug.errors import MedaugError
-    from medaug.tune.trial import INPUTS_FILE, wait_for_inputs, write_inputs_state
-
-    timer = threading.Timer(0.5, write_inputs_state, args=(tmp_path,))
-    t0 = time.monotonic()
-    timer.start()
-    wait_for_inputs(tmp_path, progress=False, poll=0.02)
-    assert time.monotonic() - t0 >= 0.5
-    assert json.loads((tmp_path / INPUTS_FILE).read_text()) == {"ok": True}
-    write_inputs_state(tmp_path, MedaugError("3 images could not be read"))
-    with pytest.raises(MedaugError, match="could not be prepared: MedaugError: 3 images could not be read"):
-        wait_for_inputs(tmp_path, progress=False)
-
-
-@contextlib.contextmanager
-def _churning_environment():
-    """Another thread sets and deletes environment variables without pause (as Ray's start
-    does now and then), growing and shrinking the process's environment array."""
-    import threading
-
-    stop = threading.Event()
-
-    def churn() -> None:
-        i = 0
-        while not stop.is_set():
-            os.environ[f"MEDAUG_TEST_CHURN_{i % 200}"] = "x" * (i % 40)
-            if i % 200 == 199:
-                for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
-                    del os.environ[name]
-            i += 1
-
-    churner = threading.Thread(target=churn, daemon=True)
-    churner.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        churner.join()
-        for name in [n for n in os.environ if n.startswith("MEDAUG_TEST_CHURN_")]:
-            del os.environ[name]
-
-
-def test_shared_inputs_survive_a_changing_environment(tmp_path):
-    """The shared inputs are prepared in a thread while Ray's start sets environment
-    variables in the main one.  A child process started from that thread meanwhile failed
-    with EFAULT (vfork + execv reading the environment array as it was reallocated), so
-    every process is started before the thread: here another thread rewrites the
-    environment without pause while the inputs (MLflow store in a child process, image
-    cache through a two-process pool) are prepared, three times over."""
-    import threading
-
-    from medaug.config import load_config
-    from medaug.data.phantom import make_phantom
-    from medaug.tune.sweep import start_shared_inputs
-    from medaug.tune.tracking import Tracker, default_tracking_uri
-    from medaug.tune.trial import INPUTS_FILE
-
-    data = tmp_path / "data"
-    make_phantom(data, n_patients=12, image_size=32, workers=1, progress=False)
-    for round_ in range(3):
-        out = tmp_path / f"out{round_}"
-        out.mkdir()
-        cfg = load_config(None, [f"data.csv={data / 'train.csv'}", "data.image_size=32",
-                                 "data.num_loader_workers=2", f"data.cache_dir={out / 'cache'}"])
-        tracker = Tracker(default_tracking_uri(out), f"churn{round_}", "s1")
-        prepare = start_shared_inputs(tracker, cfg, out, smoke=False, progress=False)
-        with _churning_environment():
-            worker = threading.Thread(target=prepare)
-            worker.start()
-            worker.join(120)
-        assert json.loads((out / INPUTS_FILE).read_text()) == {"ok": True}
-        assert tracker.experiment_id is not None
-        assert len(list((out / "cache").iterdir())) >= 1
-
-
-def test_children_of_threads_during_the_sweep_survive_a_changing_environment():
-    """While Ray runs, libraries may start children from other threads (matplotlib asks
-    fc-list for fonts): within the sweep they fork, and a changing environment no longer
-    breaks them; the switch is restored afterwards."""
-    import threading
-
-    from medaug.tune.sweep import _fork_not_vfork
-
-    before = subprocess._USE_VFORK
-    failures: list[OSError] = []
-
-    def spawn() -> None:
-        for _ in range(150):
-            try:
-                subprocess.run(["true"], check=True)
-            except OSError as err:  # EFAULT from a vfork child
-                failures.append(err)
-
-    with _fork_not_vfork(), _churning_environment():
-        assert subprocess._USE_VFORK is False
-        spawner = threading.Thread(target=spawn)
-        spawner.start()
-        spawner.join()
-    assert subprocess._USE_VFORK is before
-    assert failures == []
+# Shared inputs prepared before Ray starts; one driver per output
 
 
 def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
-    """The cache is built while Ray and the first trials start: its error is the sweep's."""
+    """The image cache is built before Ray starts: its error is the sweep's, and no trial
+    starts."""
     import ray
 
     from medaug.data.phantom import make_phantom
     from medaug.errors import MedaugError
-    from medaug.tune.sweep import run_sweep
+    from medaug.tune.sweep import LOCK_FILE, run_sweep
 
     data = tmp_path / "data"
     make_phantom(data, n_patients=12, image_size=32, workers=1, progress=False)
@@ -219,11 +116,52 @@ def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
         run_sweep(str(_sweep_file(tmp_path)), out, progress=False, num_cpus=2,
                   overrides=[f"data.csv={data / 'train.csv'}", "data.image_size=32"])
     assert not ray.is_initialized()
-    assert json.loads((out / "inputs.json").read_text())["ok"] is False
-    for key in TWO:  # each trial started, then stopped at the marker, before pretraining
-        assert (out / "trials" / key / "config.yaml").exists()
-        assert not (out / "trials" / key / "pretrain").exists()
-        assert not (out / "trials" / key / "trial.json").exists()
+    assert not (out / "trials").exists() and not (out / "tune").exists()
+    assert (out / "sweep.json").exists()  # --resume continues once the data is fixed
+    assert (out / LOCK_FILE).read_text() == ""  # released
+
+
+def _hold_lock(output: Path) -> subprocess.Popen:
+    """Another process holding the driver lock of ``output`` (as a running sweep does)."""
+    code = (
+        "import sys, time; from pathlib import Path; from medaug.tune.sweep import driver_lock\n"
+        "with driver_lock(Path(sys.argv[1])):\n"
+        "    print('locked', flush=True); time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([PY, "-c", code, str(output)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_second_driver_is_refused_and_a_dead_drivers_lock_taken_over(tmp_path, capsys):
+    from medaug.tune.sweep import LOCK_FILE, driver_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        running = f"pid {holder.pid} on {socket.gethostname()}"
+        assert running in (out / LOCK_FILE).read_text()
+        code = cli_main(["sweep", "--config", "demo", "--smoke", "--output", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"is in use by the sweep driver {running}" in err
+        assert not (out / "sweep.json").exists()  # refused before writing anything
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    # The kernel freed the dead driver's lock; the next driver takes it over and says so.
+    with driver_lock(out):
+        assert f"pid {os.getpid()} on {socket.gethostname()}" in (out / LOCK_FILE).read_text()
+    err = capsys.readouterr().err
+    assert f"the driver {running}" in err and "stopped without releasing" in err
+    assert (out / LOCK_FILE).read_text() == ""
+    with driver_lock(out):  # after a clean exit there is nothing to take over
+        pass
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +172,8 @@ def test_sweep_whose_image_cache_fails_reports_that_error(tmp_path):
 def smoke(tmp_path_factory):
     """Run the smoke sweep once for the module: two criteria and a failing baseline, each
     trial pretraining on a Ray Train worker group (the demo's local mode is covered by the
-    slow sweeps below and by the benchmark)."""
+    slow sweeps below and by the benchmark).  It runs from an empty working directory, and
+    what it prints is kept."""
     import torch
 
     from medaug.tune.sweep import run_sweep
@@ -243,13 +182,19 @@ def smoke(tmp_path_factory):
     broken = folder / "broken-imagenet.pth"
     broken.write_bytes(b"not a state dict")
     output = folder / "out"
+    cwd = folder / "cwd"
+    cwd.mkdir()
     torch.set_num_threads(1)
     t0 = time.time()
-    table = run_sweep(
-        str(_sweep_file(folder, weights=broken, num_workers=1)), output, smoke=True,
-        progress=False, num_cpus=2,
-    )
-    return {"output": output, "table": table, "seconds": time.time() - t0}
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.chdir(cwd)
+        table = run_sweep(
+            str(_sweep_file(folder, weights=broken, num_workers=1)), output, smoke=True,
+            progress=False, num_cpus=2,
+        )
+    return {"output": output, "table": table, "seconds": time.time() - t0, "cwd": cwd,
+            "printed": printed.getvalue()}
 
 
 def test_smoke_sweep_runs_every_stage(smoke):
@@ -288,7 +233,100 @@ def test_smoke_sweep_runs_every_stage(smoke):
         rows.loc[TWO[1], "linear_mean"] - rows.loc[TWO[0], "linear_mean"]
     )
     assert (output / "report" / "results.md").exists() and (output / "report" / "results.png").exists()
-    assert json.loads((output / "inputs.json").read_text()) == {"ok": True}
+
+
+def test_trials_nest_under_the_sweeps_parent_run(smoke):
+    """One parent run per sweep: the sweep's name, space and config; the report's files and
+    the best trial; every trial run nested under it."""
+    output = smoke["output"]
+    state = read_state(output)
+    tracker = tracker_from_state(state)
+    parent = tracker.find_sweep_run()
+    assert parent is not None and parent.info.run_name == "smoke"
+    assert parent.info.status == "FAILED"  # one trial errored
+    runs = _runs(output)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    p = parent.data.params
+    assert p["sweep"] == "smoke" and p["sweep_id"] == state["sweep_id"]
+    assert p["space.pretrain.criterion"] == "['instance', 'patient_same_study']"
+    assert p["trials"] == "3" and p["baselines"] == "['imagenet']"
+    client = tracker.client
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"sweep.yaml", "report"}
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert report == {"report/results.md", "report/results.csv", "report/results.png"}
+    local = client.download_artifacts(parent.info.run_id, "report/results.md", str(output / "dl"))
+    assert Path(local).read_text() == (output / "report" / "results.md").read_text()
+    aucs = {k: runs[k].data.metrics["linear_auc_mean"] for k in TWO}
+    best = max(aucs, key=aucs.get)
+    assert parent.data.tags["best_trial"] == best
+    assert parent.data.metrics["best_linear_auc_mean"] == pytest.approx(aucs[best])
+    # The report is refreshed in MLflow when rebuilt (here: with another baseline row).
+    assert cli_main(["report", "--output", str(output), "--baseline", TWO[1]]) == 0
+    again = client.download_artifacts(parent.info.run_id, "report/results.md", str(output / "dl2"))
+    assert Path(again).read_text() == (output / "report" / "results.md").read_text()
+    assert f"`{TWO[1]}`" in Path(again).read_text()
+    note = client.get_experiment(tracker.experiment_id).tags["mlflow.note.content"]
+    assert note.startswith(Path(again).read_text().strip())
+
+
+def test_experiment_opens_on_the_runs_table(smoke):
+    """The experiment is tagged as model training, holds the saved view of its runs table,
+    and the sweep printed the command and the address that open it."""
+    output = smoke["output"]
+    state = read_state(output)
+    tracker = tracker_from_state(state)
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.medaug"])
+    assert view["orderByKey"] == "metrics.`linear_auc_mean`" and view["orderByAsc"] is False
+    assert {"metrics.`linear_auc_mean`", "params.`criterion`", "params.`crop_scale`",
+            "params.`negatives`", "attributes.`Dataset`"} <= set(view["selectedColumns"])
+    printed = smoke["printed"]
+    assert f"--backend-store-uri {state['tracking_uri']} --port 5000" in printed
+    url = f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=medaug"
+    assert f"then open {url}\n" in printed
+
+
+def test_trials_log_their_datasets(smoke):
+    """Each trial logs the metadata table (name, digest, rows, patients) and the label
+    splits (digest), checked against the files themselves."""
+    import hashlib
+
+    from medaug.data.load import load_table
+
+    output = smoke["output"]
+    data = output / "smoke_data"
+    table = load_table("chexpert", data / "train.csv", include_siblings=True)
+    rows = sum(len(list(csv.DictReader((data / f"{s}.csv").open()))) for s in ("train", "valid", "test"))
+    patients = {
+        Path(r["Path"]).parts[-3]
+        for s in ("train", "valid", "test") for r in csv.DictReader((data / f"{s}.csv").open())
+    }
+    splits_digest = hashlib.sha256((output / "splits.csv").read_bytes()).hexdigest()[:16]
+    digests = set()
+    for key, run in _runs(output).items():
+        if key == "baseline-imagenet":  # failed before its evaluation
+            continue
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["label splits splits.csv", "smoke_data/train.csv"]
+        meta = inputs["smoke_data/train.csv"]
+        profile = json.loads(meta.dataset.profile)
+        assert (profile["rows"], profile["patients"]) == (rows, len(patients)) == (len(table), len(patients))
+        assert {t.key: t.value for t in meta.tags} == {"mlflow.data.context": "pretraining"}
+        assert inputs["label splits splits.csv"].dataset.digest == splits_digest
+        digests.add(meta.dataset.digest)
+    assert len(digests) == 1  # the same table for every trial
+
+
+def test_nothing_written_to_the_working_directory(smoke):
+    """The store and every artifact location lie under the sweep's output, none in the
+    directory the sweep was started from (MLflow's Default experiment included)."""
+    output = smoke["output"]
+    assert list(smoke["cwd"].iterdir()) == []
+    tracker = tracker_from_state(read_state(output))
+    for exp in tracker.client.search_experiments():
+        assert exp.artifact_location.startswith((output / "mlartifacts").as_uri()), exp
+
 
 
 def test_failed_trial_is_errored_without_stopping_the_others(smoke):
@@ -339,7 +377,8 @@ def test_mlflow_server_answers_rest_search(smoke):
             experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
         body = json.dumps({
             "experiment_ids": [experiment_id],
-            "filter": f"tags.sweep_id = '{state['sweep_id']}' and attributes.status = 'FINISHED'",
+            "filter": f"tags.sweep_id = '{state['sweep_id']}' and attributes.status = 'FINISHED'"
+                      " and tags.trial_kind != 'sweep'",
             "max_results": 100,
         }).encode()
         request = urllib.request.Request(

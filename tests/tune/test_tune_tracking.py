@@ -1,15 +1,32 @@
-"""MLflow tracking: one run per trial across restarts, idempotent curves, metric naming."""
+"""MLflow tracking: one parent run per sweep and one run per trial across restarts (and
+``kill -9``), the experiment's kind and saved view, datasets and their digests, idempotent
+curves, metric naming."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+
+import pandas as pd
 import pytest
 
 from medaug.tune.tracking import (
+    DatasetRecord,
     Tracker,
+    best_trial,
     default_artifact_location,
     default_tracking_uri,
+    experiment_url,
+    file_digest,
     mlflow_ui_command,
     result_metrics,
+    splits_record,
+    table_digest,
+    table_record,
+    view_state,
 )
 
 
@@ -21,44 +38,187 @@ def store(store_dir):
 def test_default_locations(tmp_path):
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert default_artifact_location(tmp_path) == (tmp_path.resolve() / "mlartifacts").as_uri()
-    assert mlflow_ui_command("sqlite:////a/b.db") == "mlflow ui --backend-store-uri sqlite:////a/b.db"
+    assert mlflow_ui_command("sqlite:////a/b.db") == "mlflow ui --backend-store-uri sqlite:////a/b.db --port 5000"
+    assert mlflow_ui_command("http://head:5000") is None  # a server has its own UI
+    assert experiment_url("sqlite:////a/b.db", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=medaug"
+    )
+    assert experiment_url("http://head:5000/", "7", port=1) == (
+        "http://head:5000/#/experiments/7/runs?viewStateShareKey=medaug"
+    )
 
 
-def test_experiment_made_in_a_child_process(tmp_path):
+def test_view_state_shows_the_comparison_columns():
+    view = view_state("linear_auc_mean", ["linear", "e2e"])
+    assert view["orderByKey"] == "metrics.`linear_auc_mean`" and view["orderByAsc"] is False
+    assert view["selectedColumns"] == [
+        "attributes.`Dataset`",
+        "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`",
+        "metrics.`e2e_auc_mean`", "metrics.`e2e_auc_std`",
+        "params.`criterion`", "params.`crop_scale`", "params.`negatives`",
+    ]
+    assert view_state("knn_auc_best")["selectedColumns"][1:4] == [
+        "metrics.`knn_auc_best`", "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`"
+    ]
+
+
+def test_new_store_and_experiment(tmp_path):
+    """A new SQLite store keeps every artifact location under the sweep's output (MLflow's
+    Default experiment included); the experiment is tagged as model training and holds the
+    saved view and the description; a deleted experiment is refused clearly."""
     from medaug.errors import MedaugError
 
-    uri, artifacts = default_tracking_uri(tmp_path), default_artifact_location(tmp_path)
-    made = Tracker(uri, "exp-c", "s9", artifacts)
-    exp_id = made.start_experiment_process()()  # a new SQLite file: the child migrates it
-    assert made.experiment_id == exp_id
-    exp = Tracker(uri, "exp-c", "s9").client.get_experiment_by_name("exp-c")
-    assert exp.experiment_id == exp_id and exp.artifact_location == artifacts
+    out = tmp_path / "out"
+    uri, artifacts = default_tracking_uri(out), default_artifact_location(out)
+    tracker = Tracker(uri, "exp-c", "s9", artifacts)
+    tracker.setup_experiment(view_state("linear_auc_mean"), "running")
+    client = tracker.client
+    assert client.get_experiment("0").artifact_location == f"{artifacts}/0"
+    exp = client.get_experiment_by_name("exp-c")
+    assert exp.artifact_location == artifacts
     assert exp.tags["sweep_id"] == "s9"
-    assert Tracker(uri, "exp-c", "s9").start_experiment_process()() == exp_id  # found again
-    Tracker(uri, "exp-c", "s9").client.delete_experiment(exp_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert json.loads(exp.tags["mlflow.sharedViewState.medaug"]) == view_state("linear_auc_mean")
+    assert exp.tags["mlflow.note.content"] == "running"
+    tracker.set_experiment_tags({"mlflow.note.content": "x" * 30000})  # cut to MLflow's limit
+    assert len(client.get_experiment(exp.experiment_id).tags["mlflow.note.content"]) == 20000
+    assert Tracker(uri, "exp-c", "s9").experiment_id == exp.experiment_id  # found again
+    client.delete_experiment(exp.experiment_id)
     with pytest.raises(MedaugError, match="'exp-c' at .* is deleted; restore it"):
-        Tracker(uri, "exp-c", "s9").start_experiment_process()()
+        Tracker(uri, "exp-c", "s9").experiment_id  # noqa: B018
 
 
 def test_one_run_per_trial_across_restarts(store):
     out, uri = store
     first = Tracker(uri, "exp-a", "s1", default_artifact_location(out))
-    run = first.start_trial("criterion=instance", label="instance")
+    parent = first.start_sweep("exp-a")
+    run = first.start_trial("criterion=instance", label="instance", parent=parent)
     first.end_trial(run, "FAILED")
-    # A new process (a resumed sweep) reuses the run, found by its tags, and reopens it.
+    # A new process (a resumed sweep) reuses the runs, found by their tags, and reopens them.
     again = Tracker(uri, "exp-a", "s1")
-    assert again.start_trial("criterion=instance") == run
+    assert again.start_sweep("exp-a") == parent
+    assert again.start_trial("criterion=instance", parent=parent) == run
     assert again.client.get_run(run).info.status == "RUNNING"
-    other = again.start_trial("criterion=patient_same_study")
+    other = again.start_trial("criterion=patient_same_study", parent=parent)
     assert other != run
-    # The same trial key in another sweep is another run.
-    elsewhere = Tracker(uri, "exp-a", "s2").start_trial("criterion=instance")
+    # The same trial key in another sweep is another run, under that sweep's parent.
+    elsewhere_tracker = Tracker(uri, "exp-a", "s2")
+    elsewhere_parent = elsewhere_tracker.start_sweep("exp-a")
+    assert elsewhere_parent != parent
+    elsewhere = elsewhere_tracker.start_trial("criterion=instance", parent=elsewhere_parent)
     assert elsewhere not in (run, other)
-    runs = again.runs()
+    runs = again.runs()  # the trials, not the parent
     assert sorted(r.info.run_name for r in runs) == ["criterion=instance", "criterion=patient_same_study"]
     assert {r.data.tags["trial_key"] for r in runs} == {r.info.run_name for r in runs}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent}
     artifacts = again.client.get_experiment(again.experiment_id).artifact_location
     assert artifacts == default_artifact_location(out)
+
+
+_KILLED_DRIVER = """
+import sys, time
+from medaug.tune.tracking import Tracker
+tracker = Tracker(sys.argv[1], "exp-k", "s1", sys.argv[2])
+parent = tracker.start_sweep("exp-k")
+first = tracker.start_trial("criterion=instance", parent=parent)
+tracker.log_metrics(first, {"linear_auc_mean": 0.61})
+tracker.end_trial(first)
+second = tracker.start_trial("criterion=patient_same_study", parent=parent)
+tracker.log_metrics(second, {"loss": 5.0}, step=1)
+print(parent, first, second, flush=True)
+time.sleep(600)
+"""
+
+
+def test_parent_and_trial_runs_across_kill_9_and_resume(store):
+    """A driver killed with SIGKILL mid-sweep leaves its parent RUNNING and a trial RUNNING;
+    the resumed sweep (a new process) continues in the same parent and the same trial
+    runs, and adds only the trials that had not started."""
+    out, uri = store
+    artifacts = default_artifact_location(out)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_DRIVER, uri, artifacts],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        parent, first, second = proc.stdout.readline().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = Tracker(uri, "exp-k", "s1", artifacts)
+    assert resumed.find_sweep_run().info.status == "RUNNING"
+    assert resumed.start_sweep("exp-k") == parent
+    assert resumed.start_trial("criterion=instance", parent=parent) == first
+    assert resumed.start_trial("criterion=patient_same_study", parent=parent) == second
+    third = resumed.start_trial("criterion=patient_all_studies", parent=parent)
+    runs = {r.info.run_name: r for r in resumed.runs()}
+    assert sorted(runs) == ["criterion=instance", "criterion=patient_all_studies",
+                            "criterion=patient_same_study"]
+    assert runs["criterion=patient_all_studies"].info.run_id == third
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent}
+    assert runs["criterion=instance"].data.metrics["linear_auc_mean"] == 0.61  # kept
+    history = resumed.client.get_metric_history(second, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 5.0)]
+    # Exactly one parent in the experiment.
+    every = resumed.client.search_runs([resumed.experiment_id])
+    assert sum(r.data.tags.get("trial_kind") == "sweep" for r in every) == 1 and len(every) == 4
+
+
+def test_datasets_are_logged_with_their_digests(store, tmp_path):
+    """The metadata table's record (name, digest, rows, patients) and the splits' (digest
+    of the file) go to the run once, however often a resumed trial logs them."""
+    _, uri = store
+    table = pd.DataFrame({
+        "patient_id": ["p1", "p1", "p2", "p3"],
+        "path": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+        "Pleural Effusion": [1.0, 0.0, float("nan"), 1.0],
+    })
+    csv = tmp_path / "data" / "train.csv"
+    csv.parent.mkdir()
+    table.to_csv(csv, index=False)
+    splits = tmp_path / "splits.csv"
+    splits.write_text("split,image_id\n0,a\n0,c\n1,b\n")
+    meta, drawn = table_record(table, csv, "chexpert"), splits_record(splits)
+    assert (meta.name, meta.source) == ("data/train.csv", str(csv.resolve()))
+    assert meta.profile == {"rows": 4, "patients": 3, "dataset": "chexpert"}
+    assert drawn.digest == hashlib.sha256(splits.read_bytes()).hexdigest()[:16] == file_digest(splits)
+    assert drawn.profile == {"rows": 3}
+    # The table's digest follows its content, and only its content.
+    assert table_digest(table.copy()) == meta.digest and len(meta.digest) == 16
+    changed = table.copy()
+    changed.loc[2, "patient_id"] = "p9"
+    reordered = table.iloc[[1, 0, 2, 3]]
+    assert len({meta.digest, table_digest(changed), table_digest(reordered)}) == 3
+
+    tracker = Tracker(uri, "exp-d", "s1")
+    run = tracker.start_trial("k")
+    tracker.log_datasets(run, [meta, drawn])
+    tracker.log_datasets(run, [meta, drawn])  # a resumed trial logs them again
+    inputs = tracker.client.get_run(run).inputs.dataset_inputs
+    assert sorted((i.dataset.name, i.dataset.digest) for i in inputs) == sorted(
+        [("data/train.csv", meta.digest), ("label splits splits.csv", drawn.digest)]
+    )
+    by_name = {i.dataset.name: i for i in inputs}
+    assert json.loads(by_name["data/train.csv"].dataset.profile) == meta.profile
+    assert {t.key: t.value for t in by_name["label splits splits.csv"].tags} == {
+        "mlflow.data.context": "evaluation"
+    }
+    assert json.loads(by_name["data/train.csv"].dataset.source) == {"uri": csv.resolve().as_uri()}
+    assert DatasetRecord("x", "d", "/x").context == ""
+
+
+def test_best_trial(store):
+    _, uri = store
+    tracker = Tracker(uri, "exp-b", "s1")
+    values = {"a": 0.61, "b": 0.74, "c": 0.70, "d": None}
+    for key, value in values.items():
+        run = tracker.start_trial(key)
+        if value is not None:
+            tracker.log_metrics(run, {"linear_auc_mean": value})
+        tracker.end_trial(run, "FINISHED" if key != "c" else "FAILED")
+    runs = tracker.runs()
+    assert best_trial(runs, "linear_auc_mean").info.run_name == "b"
+    assert best_trial(runs, "linear_auc_mean", "min").info.run_name == "a"
+    assert best_trial(runs, "e2e_auc_mean") is None
 
 
 def test_curves_are_logged_once_per_epoch(store):
