@@ -84,8 +84,8 @@ class PretrainConfig:
     max_failures: int = 2
     knn_k: int = 20
     knn_every: int = 1  # 0 = no kNN monitor (the last checkpoint is then the best)
-    knn_bank: int = 2000  # images embedded as the kNN memory bank
-    knn_queries: int = 1000  # validation images scored by the monitor
+    knn_bank: int = 2000  # pool images embedded as the kNN memory bank
+    knn_queries: int = 1000  # selection-set images scored by the monitor (never test images)
     max_steps_per_epoch: int | None = None
 
 
@@ -113,7 +113,8 @@ class EvalConfig:
     bootstrap: int = 1000
     feature_batch_size: int = 64
     heldout_fraction: float = 0.2  # patient-disjoint test partition when no official one
-    select_fraction: float = 0.1  # patient-disjoint selection slice of the pool (no official)
+    select_fraction: float = 0.1  # patient-disjoint selection slice of train (when valid is
+    # the test set, as on CheXpert, or absent, as on NIH); it also feeds the kNN monitor
     select_max_images: int = 2000  # cap on that slice (it is scored every epoch)
     splits_csv: str | None = None  # shared label-fraction draws; default <output>/splits.csv
     feature_cache_dir: str | None = None  # default <output>/features

@@ -5,7 +5,8 @@ in a seeded permutation, a global batch at a time (each worker its own slice of 
 query encoder sees an augmented x, the momentum key encoder an augmented x'; the loss owns
 the negatives; the queue receives the keys together with the KEY images' laterality,
 patient, study and row.  Every ``knn_every`` epochs a kNN classifier on frozen backbone
-features scores the target observation on validation images, and the best epoch is kept.
+features scores the target observation on the evaluation's selection set (never its test
+set, see ``medaug.eval.splits``), and the best epoch is kept.
 
 No Ray here: :func:`pretrain` takes a ``report(metrics, checkpoint_dir)`` callable, and runs
 data-parallel whenever ``torch.distributed`` is initialised (DDP on the query encoder, keys
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from medaug.config import Config, config_to_dict, flatten, write_config
 from medaug.engine import checkpoint as ckpt
-from medaug.engine.data import PreparedData, pair_index, prepare_data
+from medaug.engine.data import PreparedData, pair_index, prepare_data, pretraining_rows
 from medaug.engine.schedule import (
     build_optimizer,
     check_optimizer,
@@ -231,41 +232,85 @@ class TrainStep:
 # kNN monitor.
 
 
+def monitor_rows(
+    table, parts, cfg: Config
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The kNN monitor's memory bank and queries: ((rows, labels), (rows, labels)).
+
+    The bank holds up to ``pretrain.knn_bank`` rows of the pool (training images that are
+    neither selection nor test rows), the queries up to ``pretrain.knn_queries`` rows of the
+    selection set; both drawn once, seeded, among rows whose target label counts under the
+    uncertain-label policy.  ``parts`` are the evaluation's partitions
+    (``medaug.eval.splits.partitions_for``).
+
+    Raises:
+        MedaugError: when a bank or query patient is also a test patient.
+    """
+    from medaug.data.schema import label_values
+    from medaug.eval.splits import check_disjoint
+
+    p = cfg.pretrain
+    rng = np.random.default_rng(_seed(cfg.seed, 0x6B6E6E))
+    target, policy = cfg.data.target, cfg.data.uncertain
+
+    def pick(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels, mask = label_values(table.iloc[rows], target, policy)
+        rows, labels = rows[mask], labels[mask]
+        if len(rows) > n:
+            keep = np.sort(rng.choice(len(rows), size=n, replace=False))
+            rows, labels = rows[keep], labels[keep]
+        return rows, labels
+
+    bank = pick(np.asarray(parts["pool"], dtype=np.int64), p.knn_bank)
+    queries = pick(np.asarray(parts["select"], dtype=np.int64), p.knn_queries)
+    check_disjoint(table, {"kNN memory bank": bank[0], "kNN queries": queries[0],
+                           "test": parts["test"]})
+    return bank, queries
+
+
 class KnnMonitor:
     """Scores the target observation with a kNN classifier on frozen backbone features.
 
-    The memory bank (training images) and the queries (validation images, else test images)
-    are drawn once, seeded, among rows whose label counts under the uncertain-label policy,
-    so every epoch is scored on the same images.
+    The memory bank comes from the pool and the queries from the selection set of the
+    evaluation's partitions (:func:`monitor_rows`), so the checkpoint it picks never depends
+    on a test image or label.  The rows are drawn once, so every epoch is scored on the same
+    images.
+
+    Attributes:
+        sets: ``{"selection": {...}, "test": {...}}``: which set selects (with the numbers of
+            kNN queries and bank images) and which set is held out for testing.
+        problem: why the monitor cannot score (None when it can).
     """
 
-    def __init__(self, data: PreparedData, cfg: Config, device: torch.device) -> None:
+    def __init__(self, data: PreparedData, cfg: Config, device: torch.device,
+                 parts=None) -> None:
+        from medaug.eval.splits import partitions_for
+
         p = cfg.pretrain
-        rng = np.random.default_rng(_seed(cfg.seed, 0x6B6E6E))
+        parts = partitions_for(data.table, cfg) if parts is None else parts
         self.data = data
         self.k = p.knn_k
         self.size = cfg.data.image_size
         self.device = device
         self.batch_size = max(cfg.eval.feature_batch_size, 1)
         self.amp = p.amp
-        target, policy = cfg.data.target, cfg.data.uncertain
-
-        def pick(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-            labels, mask = data.labels(rows, target, policy)
-            rows, labels = rows[mask], labels[mask]
-            if len(rows) > n:
-                keep = np.sort(rng.choice(len(rows), size=n, replace=False))
-                rows, labels = rows[keep], labels[keep]
-            return rows, labels
-
-        self.bank_rows, self.bank_labels = pick(data.train, p.knn_bank)
-        query_pool = data.valid if len(data.valid) else data.test
-        self.query_rows, self.query_labels = pick(query_pool, p.knn_queries)
+        target = cfg.data.target
+        (self.bank_rows, self.bank_labels), (self.query_rows, self.query_labels) = (
+            monitor_rows(data.table, parts, cfg)
+        )
+        self.test_rows = np.asarray(parts["test"], dtype=np.int64)
+        patients = data.patient
+        self.sets = parts.describe(data.table)
+        self.sets["selection"].update(
+            knn_queries=int(len(self.query_rows)),
+            knn_query_patients=int(len(np.unique(patients[self.query_rows]))),
+            knn_bank=int(len(self.bank_rows)),
+        )
         self.problem: str | None = None
         if len(self.bank_rows) == 0:
-            self.problem = f"no training image has a usable {target!r} label"
-        elif len(query_pool) == 0:
-            self.problem = "the table has no validation or test rows to score"
+            self.problem = f"no pool image has a usable {target!r} label"
+        elif len(self.query_rows) == 0:
+            self.problem = f"no selection image has a usable {target!r} label"
         elif len(np.unique(self.query_labels)) < 2:
             self.problem = f"the kNN queries hold a single class of {target!r}"
 
@@ -276,6 +321,10 @@ class KnnMonitor:
         from medaug.eval.features import extract_features
         from medaug.eval.knn import knn_auc
 
+        if np.isin(self.bank_rows, self.test_rows).any() or np.isin(
+            self.query_rows, self.test_rows
+        ).any():
+            raise RuntimeError("the kNN monitor was about to read a test image")
         kwargs = dict(batch_size=self.batch_size, device=self.device, amp=self.amp, progress=False)
         images = self.data.cache.images
         bank = extract_features(backbone, images, self.bank_rows, self.size, **kwargs)  # B x D
@@ -397,11 +446,15 @@ def pretrain(
 
     Returns:
         the summary (also written to ``summary.json``): best_epoch, best_knn_auc,
-        best_checkpoint, latest_checkpoint, epochs, final_loss, history (metrics per epoch).
+        best_checkpoint, latest_checkpoint, epochs, final_loss, history (metrics per epoch),
+        selected_by ("kNN monitor" or "last epoch"), selection (name, source, rows, patients
+        and kNN query / bank counts of the set that selected; None without the monitor),
+        test (the held-out set, which pretraining never reads), pretraining_images.
 
     Raises:
         MedaugError: bad settings, missing data, or too few anchors for one global batch.
     """
+    from medaug.eval.splits import partitions_for
     from medaug.moco.model import MoCo
     from medaug.moco.queue import KeyQueue
     from medaug.pairs import PairSampler
@@ -428,7 +481,11 @@ def pretrain(
     torch.manual_seed(cfg.seed)
 
     data = prepare_data(cfg, out_dir, progress=show)
-    index = pair_index(data, cfg)
+    # The evaluation's partitions: pretraining never learns from a held-out test row, and the
+    # monitor scores on the selection set.
+    parts = partitions_for(data.table, cfg)
+    train_rows = pretraining_rows(data, parts)
+    index = pair_index(data, cfg, train_rows)
     sampler = PairSampler(index, seed=cfg.seed)
     global_batch = p.batch_size * world
     steps = len(index) // global_batch
@@ -452,7 +509,7 @@ def pretrain(
     # One stream for augmentations, key shuffles and loss sampling; reseeded every epoch
     # from (seed, epoch, rank), so an epoch's draws never depend on the epochs before it.
     gen = torch.Generator(device=device)
-    monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
+    monitor = KnnMonitor(data, cfg, device, parts) if p.knn_every else None
     if monitor is not None and monitor.problem and show:
         _say(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}")
 
@@ -499,7 +556,6 @@ def pretrain(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_rows = data.train
     train_step = TrainStep(model, net, queue, optimizer, scaler, data, cfg, device, gen)
     latest_dir: Path | None = ckpt.latest_checkpoint(out_dir) if rank == 0 else None
     metrics: dict[str, Any] = {}
@@ -620,6 +676,7 @@ def pretrain(
             report(dict(metrics), written)
 
     summary = _summary(out_dir, best, latest_dir, history, p.epochs)
+    summary.update(_sets_record(monitor, parts, data, train_rows, summary))
     if rank == 0:
         _log_event(out_dir, "end", epoch=p.epochs, best_epoch=summary["best_epoch"])
         tmp = out_dir / (SUMMARY_FILE + ".tmp")
@@ -643,6 +700,21 @@ def _summary(
         "latest_checkpoint": str(latest) if latest is not None else None,
         "final_loss": last.get("loss"),
         "history": history,
+    }
+
+
+def _sets_record(monitor: KnnMonitor | None, parts, data: PreparedData, train_rows: np.ndarray,
+                 summary: dict) -> dict:
+    """Which set picked the checkpoint, which set is held out for testing, and how many
+    images pretraining learned from."""
+    sets = monitor.sets if monitor is not None else parts.describe(data.table)
+    by_monitor = summary["best_knn_auc"] is not None
+    return {
+        "selected_by": "kNN monitor" if by_monitor else "last epoch",
+        "selection": sets["selection"] if by_monitor else None,
+        "test": sets["test"],
+        "pretraining_images": {"rows": int(len(train_rows)),
+                               "patients": int(len(np.unique(data.patient[train_rows])))},
     }
 
 
