@@ -28,7 +28,7 @@ from medaug.errors import MedaugError
 class DataConfig:
     """Where the images and metadata are and how they are prepared."""
 
-    dataset: str = "chexpert"  # chexpert | mimic | nih | csv (the phantom is CheXpert-shaped)
+    dataset: str = "chexpert"  # chexpert | mimic | nih | padchest | csv (the phantom: chexpert)
     csv: str | None = None  # the dataset's main CSV (CheXpert train.csv, MIMIC metadata, ...)
     root: str | None = None  # image root; default: found next to the CSV
     column_map: dict[str, str] = field(default_factory=dict)  # generic CSV: canonical -> column

@@ -288,3 +288,30 @@ def test_anchor_restriction_limits_the_anchors_drawn(tiny_config, tmp_path, monk
     # single-view studies would be among them.
     assert len(seen) >= 2 and len(queries) > len(kept) - cfg.pretrain.batch_size * 2
     assert set(queries.tolist()) <= kept and len(set(queries.tolist())) == len(queries)
+
+
+def test_declarative_criterion_with_one_partner_per_anchor(tiny_config, tmp_path, monkeypatch):
+    """max_partners = 1 (distinct images only): each anchor pairs with one other image of its
+    patient, the same one in every epoch."""
+    cfg = tiny_config(
+        "pretrain.criterion={preset: patient_all_studies, max_partners: 1}",
+        "pretrain.distinct_only=true",
+        "pretrain.max_steps_per_epoch=5",
+        "pretrain.knn_every=0",
+    )
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    real_call = TrainStep.__call__
+
+    def recording_call(self, rows_q, rows_k):
+        pairs.append((np.asarray(rows_q).copy(), np.asarray(rows_k).copy()))
+        return real_call(self, rows_q, rows_k)
+
+    monkeypatch.setattr(TrainStep, "__call__", recording_call)
+    pretrain(cfg, tmp_path / "run", progress=False)
+    table = prepare_data(cfg, tmp_path / "run", progress=False).table
+    partner: dict[int, int] = {}
+    for rows_q, rows_k in pairs:
+        for q, k in zip(rows_q.tolist(), rows_k.tolist()):
+            assert q != k and table.at[q, "patient_id"] == table.at[k, "patient_id"]
+            assert partner.setdefault(q, k) == k
+    assert len(pairs) >= 4 and len(partner) < sum(len(q) for q, _ in pairs)  # anchors recur
