@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.pairs import criterion_label, resolve_criterion
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
 from medaug.tune.tracking import (
     SUMMARY_PARAMS,
@@ -85,6 +86,10 @@ def trial_params(cfg: Config, spec: TrialSpec) -> dict[str, Any]:
     params: dict[str, Any] = dict(flat)
     for name, key in SUMMARY_PARAMS.items():
         params[name] = flat.get(key)
+    if not spec.baseline:  # criteria by their readable names (a grammar mapping is flattened)
+        for name in ("criterion", "size_match", "anchors_with"):
+            setting = getattr(cfg.pretrain, name)
+            params[name] = None if setting is None else criterion_label(resolve_criterion(setting))
     params["trial_key"] = spec.key
     if spec.params.get(VARIANT) is not None:
         params["variant"] = spec.params[VARIANT]

@@ -155,6 +155,28 @@ def test_max_partners_sweeps_vary_the_cap_of_one_criterion(weights):
         assert got == caps
 
 
+def test_trial_params_name_criteria_readably(weights):
+    """MLflow params and report rows name a declarative criterion in one readable line."""
+    from medaug.tune.report import _options
+    from medaug.tune.trial import trial_params
+
+    sweep = _sweep("max_partners", weights)
+    trial = sweep.grid_trials()[1]
+    params = trial_params(sweep.resolve(trial.params), trial)
+    assert params["criterion"] == "patient_all_studies max_partners=2"
+    assert params["pretrain.criterion.max_partners"] == 2  # the flattened keys stay too
+    table5 = _sweep("table5", weights)
+    trial = table5.grid_trials()[0]
+    params = trial_params(table5.resolve(trial.params), trial)
+    assert params["criterion"] == "patient_same_study_same_lat"
+    assert params["anchors_with"] == "patient_same_study_distinct_lat"
+    text = {k: str(v) for k, v in params.items()}
+    assert _options(text) == (
+        "size-matched to patient_same_study_distinct_lat; "
+        "anchors with a partner under patient_same_study_distinct_lat"
+    )
+
+
 def test_space_varies_keys_inside_a_criterion(weights):
     """A grid over names and one over a key inside the criterion combine: the name becomes
     the preset of a declarative criterion, whatever order the grids are written in."""
