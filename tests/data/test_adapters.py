@@ -830,6 +830,28 @@ def test_value_map_in_configs():
         build_config(None, ["data.value_map={projection: L}"])
 
 
+def test_value_map_of_a_config_reaches_the_training_table(tmp_path):
+    """data.value_map in a job's config is what the pretraining data is read with."""
+    from PIL import Image
+
+    from medaug.config import build_config
+    from medaug.engine.data import prepare_data
+
+    for path in pd.read_csv(POSITIONS)["image"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 16), 128, dtype=np.uint8)).save(tmp_path / path)
+    shutil.copy(POSITIONS, tmp_path / "positions.csv")
+    data = {"dataset": "csv", "csv": str(tmp_path / "positions.csv"), "column_map": POSITIONS_MAP,
+            "image_size": 16, "num_loader_workers": 0}
+    with pytest.raises(MedaugError, match="'L' \\(3\\), 'AP_horizontal' \\(2\\), 'COSTAL'"):
+        prepare_data(build_config({"data": data}), tmp_path / "out", progress=False)
+    cfg = build_config({"data": data | {"value_map": {"projection": {
+        "L": "LATERAL", "AP_horizontal": "AP", "COSTAL": "other"}}}})
+    table = prepare_data(cfg, tmp_path / "out", progress=False).table
+    expected = _expected_positions()
+    pd.testing.assert_frame_equal(table.loc[:, list(expected.columns)], expected)
+
+
 def test_data_table_command_with_map_values(tmp_path, capsys):
     base = ["data", "table", "--dataset", "csv", "--csv", str(POSITIONS), "--map",
             "path=image", "patient_id=subject", "study_id=exam", "projection=Projection",
