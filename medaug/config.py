@@ -51,8 +51,10 @@ class PretrainConfig:
     size_match: str | dict[str, Any] | None = None
     anchors_with: str | dict[str, Any] | None = None  # only anchors with a partner (not x) under it
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
-    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop w/h range (MoCo v2's)
     negatives: str = "default"
+    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
+    hard_negatives_by: str = "view"  # the strategies' "laterality": view, projection, sex, age_band, ...
     reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
     n_hard: int = 16  # m for the appended / synthetic strategies
     arch: str = "resnet18"
@@ -338,9 +340,12 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
         )
-    if len(p.crop_ratio) != 2 or not 0.0 < p.crop_ratio[0] <= p.crop_ratio[1]:
+    if len(p.crop_ratio) != 2 or not all(0.0 < r < float("inf") for r in p.crop_ratio) or (
+        p.crop_ratio[0] > p.crop_ratio[1]
+    ):
         raise MedaugError(
-            f"pretrain.crop_ratio must be two increasing positive numbers, got {p.crop_ratio}"
+            "pretrain.crop_ratio must be two positive numbers [low, high] with low <= high "
+            f"(the crop's width / height range; MoCo v2: [0.75, 1.3333]), got {p.crop_ratio}"
         )
     if not 0.0 < p.reweight_t < 1.0:
         raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")
@@ -381,6 +386,9 @@ def check_config(cfg: Config) -> None:
     for key in ("criterion", "size_match", "anchors_with"):
         if getattr(p, key) is not None:
             check_criterion_setting(getattr(p, key), f"pretrain.{key}")
+    from medaug.data.groups import check_grouping
+
+    check_grouping(p.hard_negatives_by)
     from medaug.moco.names import BUILTIN_STRATEGIES
 
     if p.negatives in BUILTIN_STRATEGIES:

@@ -160,7 +160,8 @@ class TrainStep:
             wrapper of ``model`` when distributed, else ``model`` itself.
         queue: the KeyQueue; optimizer, scaler: the optimiser and its AMP GradScaler.
         data: the prepared dataset (images and metadata codes).
-        cfg: the config (pretrain section: augmentations, loss, temperature).
+        cfg: the config (pretrain section: augmentations, loss, temperature, the grouping
+            whose keys are hard negatives).
         device: where the step runs; generator: the random source of augmentations, key
             shuffles and loss sampling (on ``device``).
     """
@@ -185,6 +186,10 @@ class TrainStep:
         self.view = torch.from_numpy(data.view)  # N
         self.patient = torch.from_numpy(data.patient)  # N
         self.study = torch.from_numpy(data.study)  # N
+        from medaug.data.groups import group_codes
+
+        # The strategies' "laterality": the hard-negative group of every table row.
+        self.group = torch.from_numpy(group_codes(data.table, p.hard_negatives_by)[0])  # N
 
     def __call__(self, rows_q: np.ndarray, rows_k: np.ndarray) -> tuple[torch.Tensor, dict]:
         """Train on anchors ``rows_q`` paired with partners ``rows_k`` (B table rows each).
@@ -202,7 +207,7 @@ class TrainStep:
         x_k = torch.from_numpy(self.cache[rows_k]).to(device, non_blocking=True)  # B x S x S uint8
         x_q = augment(x_q, gen, self.size, **self.aug)  # B x 3 x S x S
         x_k = augment(x_k, gen, self.size, **self.aug)  # B x 3 x S x S
-        q_view = self.view[rows_q].to(device)  # B
+        q_group = self.group[rows_q].to(device)  # B
 
         # MoCo's order: move the key encoder first, then encode; the loss sees the queue as
         # it was before this batch's keys join it.
@@ -211,7 +216,7 @@ class TrainStep:
             q, k = self.net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
         # The queue's image ids are table rows: keys of the anchor's own row are no negatives.
         loss, stats = contrastive_loss(
-            q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
+            q, k, self.queue, q_group, self.strategy, self.temperature, generator=gen,
             q_image=torch.from_numpy(rows_q).to(device), **self.loss_args,
         )
         self.optimizer.zero_grad(set_to_none=True)
@@ -223,7 +228,7 @@ class TrainStep:
         rows_k_t = torch.from_numpy(rows_k)
         self.queue.enqueue(
             k.detach(), self.view[rows_k_t].to(device), self.patient[rows_k_t].to(device),
-            self.study[rows_k_t].to(device), rows_k_t.to(device),
+            self.study[rows_k_t].to(device), rows_k_t.to(device), self.group[rows_k_t].to(device),
         )
         return loss.detach(), stats
 

@@ -165,6 +165,35 @@ def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path
     assert losses[False] != losses[True]
 
 
+def test_hard_negatives_by_sex_group_queries_and_keys_by_sex(tiny_config, tmp_path):
+    """pretrain.hard_negatives_by=sex: the queue keeps the key images' sex beside their
+    laterality, and a query whose sex has no key in the queue falls back (same_lat_only)."""
+    from medaug.engine.schedule import build_optimizer
+    from medaug.moco.model import MoCo
+    from medaug.moco.queue import KeyQueue
+
+    cfg = tiny_config("pretrain.hard_negatives_by=sex", "pretrain.negatives=same_lat_only")
+    data = prepare_data(cfg, tmp_path, progress=False)
+    sex = data.table["sex"].to_numpy()
+    males = [r for r in data.train if sex[r] == "Male"]
+    females = [r for r in data.train if sex[r] == "Female"]
+    assert len(males) >= 12 and len(females) >= 4
+    model = MoCo.from_config(cfg.pretrain)
+    queue = KeyQueue(64, cfg.pretrain.head_dim)
+    opt = build_optimizer("adam", (p for p in model.parameters() if p.requires_grad), 1e-4, 0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = TrainStep(model, model, queue, opt, scaler, data, cfg, torch.device("cpu"),
+                     torch.Generator().manual_seed(0))
+    keys_rows = np.array(males[:8])
+    step(keys_rows, keys_rows)  # only the keys (partners) enter the queue
+    assert queue.group[:8].tolist() == [0] * 8  # Male (the laterality stays in view)
+    assert queue.view[:8].tolist() == data.view[keys_rows].tolist()
+    # Four male and four female queries, none of an image in the queue: the female ones
+    # have no key of their sex.
+    _, stats = step(np.array(males[8:12] + females[:4]), np.array(males[:8]))
+    assert stats["n_fallback"] == 4 and stats["n_own"] == 0
+
+
 def test_fallback_pairs_are_counted(tiny_config, tmp_path):
     """With every anchor used once, the count equals a brute-force one from the metadata."""
     cfg0 = tiny_config("pretrain.criterion=patient_distinct_studies")
