@@ -30,11 +30,11 @@ import torch
 from medaug.config import build_config
 from medaug.data.augment import eval_transform
 from medaug.data.phantom import make_phantom
+from medaug.data.splits import evaluation_partitions, label_fraction_splits
 from medaug.engine.data import prepare_data
 from medaug.eval.features import cached_features, extract_features
 from medaug.eval.linear_probe import train_linear_probes
 from medaug.eval.metrics import auc
-from medaug.eval.splits import evaluation_partitions, label_fraction_splits
 from medaug.models.backbones import build_backbone
 
 GOAL_CACHED_OVER_ONE_PASS = 1.5

@@ -7,7 +7,11 @@ Figures (all measured in this process or its children, side by side):
 - one epoch of partner sampling (goal <= 0.1 s);
 - ``medaug pairs`` end to end on a CheXpert-format CSV, as a whole subprocess, against a
   subprocess that only reads the same CSV with pandas (goal: ratio <= 5x);
-- peak memory (ru_maxrss) of the ``medaug pairs`` child (goal <= 1 GiB).
+- peak memory (ru_maxrss) of the ``medaug pairs`` child (goal <= 1 GiB);
+- a declarative criterion with two ``same`` columns, one ``distinct`` column, a ``within``
+  window and ``max_partners`` (same patient and laterality, other studies at most 30 days
+  apart, two partners at most), built in a child process on a CheXpert-sized table and on a
+  MIMIC-CXR-sized one (goals <= 1 s and <= 2 s, peak memory of each child <= 1 GiB).
 
     python benchmarks/bench_pairs.py [--json PATH] [--repeats 3] [--workdir DIR]
 """
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,6 +41,22 @@ GOAL_BUILD_S = 1.0
 GOAL_SAMPLE_S = 0.1
 GOAL_E2E_RATIO = 5.0
 GOAL_RSS_BYTES = 1 << 30
+
+GOAL_GRAMMAR_S = {"chexpert": 1.0, "mimic": 2.0}
+# MIMIC-CXR-JPG's sizes: 377,110 images, 65,379 patients, 227,835 studies, about a third of
+# them lateral views.
+MIMIC_SHAPE = {
+    "n_images": 377_110,
+    "n_patients": 65_379,
+    "n_studies": 227_835,
+    "lateral_share": 0.3,
+}
+GRAMMAR_CRITERION = {
+    "same": ["patient_id", "view"],
+    "distinct": ["study_id"],
+    "within": {"study_days": 30},
+    "max_partners": 2,
+}
 
 # The paper's controlled variants (Tables 3-5): (criterion, distinct_only, size_match,
 # anchors_with).
@@ -130,12 +151,81 @@ def bench_sampling(table, repeats: int) -> tuple[float, bool]:
     return seconds, ok
 
 
+def with_study_days(table, seed: int = 0):
+    """``table`` with a ``study_days`` column: each patient's studies in order, a few days to
+    a few months apart (exponential gaps, mean 60 days), every image of a study on its day."""
+    rng = np.random.default_rng(seed)
+    studies = table.loc[:, ["patient_id", "study_id"]].drop_duplicates()
+    gaps = rng.exponential(60.0, len(studies)).round()
+    first = ~studies["patient_id"].duplicated().to_numpy()
+    gaps[first] = rng.integers(0, 3000, int(first.sum()))  # the patient's first study
+    days = pd.Series(gaps, index=studies.index).groupby(studies["patient_id"].to_numpy()).cumsum()
+    by_study = dict(zip(studies["study_id"], days.to_numpy()))
+    return table.assign(study_days=table["study_id"].map(by_study).astype(np.float64))
+
+
+def grammar_child(shape: str, repeats: int) -> dict[str, float]:
+    """Build :data:`GRAMMAR_CRITERION` on a generated table (in this process: the caller's
+    child), returning the best time, the anchors and sets, and this process's peak memory."""
+    import resource
+
+    sizes = MIMIC_SHAPE if shape == "mimic" else {}
+    table = with_study_days(make_chexpert_table(seed=1, **sizes))
+    built = []
+    seconds = _best(
+        lambda: built.append(build_pair_index(table, GRAMMAR_CRITERION, label=LABEL, seed=0)),
+        repeats,
+    )
+    index = built[-1]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "seconds": seconds,
+        "n_images": len(table),
+        "n_anchors": len(index),
+        "n_with_partner": int((~index.fallback).sum()),
+        "peak_rss_bytes": rss * (1 if sys.platform == "darwin" else 1024),
+    }
+
+
+def bench_grammar(repeats: int) -> tuple[dict[str, object], bool]:
+    """The declarative criterion on CheXpert- and MIMIC-sized tables, each in a child."""
+    out: dict[str, object] = {}
+    passed = True
+    for shape in ("chexpert", "mimic"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--grammar-child", shape, "--repeats", str(repeats)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"grammar child ({shape}) failed: {proc.stderr.strip()}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        goal = GOAL_GRAMMAR_S[shape]
+        ok_time = got["seconds"] <= goal
+        ok_rss = got["peak_rss_bytes"] <= GOAL_RSS_BYTES
+        passed &= ok_time and ok_rss
+        print(
+            f"declarative criterion on a {shape}-sized table ({got['n_images']} images): "
+            f"{got['seconds']:.3f} s  {verdict(ok_time)} (goal <= {goal} s); peak memory "
+            f"{got['peak_rss_bytes'] / 2**20:.0f} MiB  {verdict(ok_rss)}; {got['n_anchors']} "
+            f"anchors, {got['n_with_partner']} with a partner"
+        )
+        out[f"grammar_build_s_{shape}"] = got["seconds"]
+        out[f"grammar_peak_rss_bytes_{shape}"] = got["peak_rss_bytes"]
+        out[f"grammar_n_with_partner_{shape}"] = got["n_with_partner"]
+    return out, passed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="write all figures here")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="where the CSV goes (default: a temp dir)")
+    parser.add_argument("--grammar-child", choices=("chexpert", "mimic"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.grammar_child:
+        print(json.dumps(grammar_child(args.grammar_child, args.repeats)))
+        return 0
 
     figures: dict[str, object] = {}
     passed = True
@@ -158,6 +248,9 @@ def main() -> int:
         sample_s, ok = bench_sampling(table, max(args.repeats, 5))
         passed &= ok
         figures["sample_epoch_seconds"] = sample_s
+        grammar, ok = bench_grammar(args.repeats)
+        passed &= ok
+        figures.update(grammar)
         del table
 
         out = Path(tmp) / "pairs.json"
@@ -214,6 +307,8 @@ def main() -> int:
             pairs_peak_rss_bytes=rss,
             goals={
                 "build_seconds": GOAL_BUILD_S,
+                "grammar_build_s_chexpert": GOAL_GRAMMAR_S["chexpert"],
+                "grammar_build_s_mimic": GOAL_GRAMMAR_S["mimic"],
                 "sample_epoch_seconds": GOAL_SAMPLE_S,
                 "e2e_ratio": GOAL_E2E_RATIO,
                 "pairs_peak_rss_bytes": GOAL_RSS_BYTES,

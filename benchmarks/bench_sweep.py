@@ -63,6 +63,7 @@ def run_direct(output: Path, extra: list[str], threads: int | None) -> dict:
     from medaug.engine.data import prepare_data
     from medaug.engine.pretrain import pretrain
     from medaug.eval.evaluate import evaluate
+    from medaug.eval.monitor import KnnMonitor
     from medaug.tune.space import load_sweep
     from medaug.tune.sweep import sweep_inputs
 
@@ -76,7 +77,8 @@ def run_direct(output: Path, extra: list[str], threads: int | None) -> dict:
         if i == 0:
             prepare_data(cfg, output, progress=False)
         t = time.perf_counter()
-        pretrain(cfg, folder / "pretrain", None, resume=False, progress=False)
+        pretrain(cfg, folder / "pretrain", None, resume=False, progress=False,
+                 monitor=KnnMonitor)
         results = evaluate(cfg, best_checkpoint(folder / "pretrain"), folder / "eval", progress=False)
         per_trial[trial.key] = {
             "seconds": time.perf_counter() - t,

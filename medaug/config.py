@@ -28,7 +28,7 @@ from medaug.errors import MedaugError
 class DataConfig:
     """Where the images and metadata are and how they are prepared."""
 
-    dataset: str = "chexpert"  # chexpert | mimic | nih | csv (the phantom is CheXpert-shaped)
+    dataset: str = "chexpert"  # chexpert | mimic | nih | padchest | csv (the phantom: chexpert)
     csv: str | None = None  # the dataset's main CSV (CheXpert train.csv, MIMIC metadata, ...)
     root: str | None = None  # image root; default: found next to the CSV
     column_map: dict[str, str] = field(default_factory=dict)  # generic CSV: canonical -> column
@@ -52,8 +52,10 @@ class PretrainConfig:
     size_match: str | dict[str, Any] | None = None
     anchors_with: str | dict[str, Any] | None = None  # only anchors with a partner (not x) under it
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
-    crop_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop w/h range; MoCo: [0.75, 1.333]
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop w/h range (MoCo v2's)
     negatives: str = "default"
+    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
+    hard_negatives_by: str = "view"  # the strategies' "laterality": view, projection, sex, age_band, ...
     reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
     n_hard: int = 16  # m for the appended / synthetic strategies
     arch: str = "resnet18"
@@ -87,8 +89,8 @@ class PretrainConfig:
     max_failures: int = 2
     knn_k: int = 20
     knn_every: int = 1  # 0 = no kNN monitor (the last checkpoint is then the best)
-    knn_bank: int = 2000  # images embedded as the kNN memory bank
-    knn_queries: int = 1000  # validation images scored by the monitor
+    knn_bank: int = 2000  # pool images embedded as the kNN memory bank
+    knn_queries: int = 1000  # selection-set images scored by the monitor (never test images)
     max_steps_per_epoch: int | None = None
 
 
@@ -116,7 +118,8 @@ class EvalConfig:
     bootstrap: int = 1000
     feature_batch_size: int = 64
     heldout_fraction: float = 0.2  # patient-disjoint test partition when no official one
-    select_fraction: float = 0.1  # patient-disjoint selection slice of the pool (no official)
+    select_fraction: float = 0.1  # patient-disjoint selection slice of train (when valid is
+    # the test set, as on CheXpert, or absent, as on NIH); it also feeds the kNN monitor
     select_max_images: int = 2000  # cap on that slice (it is scored every epoch)
     splits_csv: str | None = None  # shared label-fraction draws; default <output>/splits.csv
     feature_cache_dir: str | None = None  # default <output>/features
@@ -330,9 +333,12 @@ def check_config(cfg: Config) -> None:
             f"pretrain.num_workers must be at least 0 (0: Ray Train's local mode, in the "
             f"calling process), got {p.num_workers}"
         )
-    if len(p.crop_ratio) != 2 or not 0.0 < p.crop_ratio[0] <= p.crop_ratio[1]:
+    if len(p.crop_ratio) != 2 or not all(0.0 < r < float("inf") for r in p.crop_ratio) or (
+        p.crop_ratio[0] > p.crop_ratio[1]
+    ):
         raise MedaugError(
-            f"pretrain.crop_ratio must be two increasing positive numbers, got {p.crop_ratio}"
+            "pretrain.crop_ratio must be two positive numbers [low, high] with low <= high "
+            f"(the crop's width / height range; MoCo v2: [0.75, 1.3333]), got {p.crop_ratio}"
         )
     if p.init not in ("random", "imagenet"):
         raise MedaugError(f"pretrain.init must be 'random' or 'imagenet', got {p.init!r}")
@@ -371,6 +377,9 @@ def check_config(cfg: Config) -> None:
     for key in ("criterion", "size_match", "anchors_with"):
         if getattr(p, key) is not None:
             check_criterion_setting(getattr(p, key), f"pretrain.{key}")
+    from medaug.data.groups import check_grouping
+
+    check_grouping(p.hard_negatives_by)
     # The chosen method's own rules, and only its (they import the method, hence torch).
     from medaug.methods import get_method
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 
 from medaug.data.load import parse_column_map, parse_value_map
@@ -86,10 +87,13 @@ def run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     from medaug.data.load import load_table
 
-    return load_table(
+    table = load_table(
         args.dataset, args.csv, root=args.root, column_map=parse_column_map(args.map) or None,
         include_siblings=not args.train_only, value_map=parse_value_map(args.map_values) or None,
     )
+    for note in table.attrs.get("notes", []):  # what the adapter left out
+        print(f"note: {note}", file=sys.stderr)
+    return table
 
 
 def phantom_summary(summary: dict) -> str:

@@ -11,17 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-from medaug.data.load import parse_column_map, parse_value_map
+from medaug.data.load import DATASETS, parse_column_map, parse_value_map
 from medaug.errors import MedaugError
-
-DATASETS = ("chexpert", "mimic", "nih", "csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from medaug.pairs.criteria import list_criteria
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default="chexpert", help="table layout")
+    data.add_argument(
+        "--dataset", choices=list(DATASETS), default="chexpert", help="table layout"
+    )
     data.add_argument("--csv", required=True, help="the dataset's main CSV (all rows are used)")
     data.add_argument(
         "--map",
@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
     from medaug.pairs.stats import pair_stats
 
     table = load_table(args.dataset, csv, column_map=column_map, value_map=value_map or None)
+    for note in table.attrs.get("notes", []):  # what the adapter left out
+        print(f"note: {note}", file=sys.stderr)
     index = build_pair_index(
         table,
         criterion,

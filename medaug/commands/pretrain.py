@@ -42,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.no_ray:
         from medaug.engine.pretrain import pretrain
+        from medaug.eval.monitor import KnnMonitor
 
-        summary = pretrain(cfg, out_dir, None, resume=not args.fresh, progress=progress)
+        summary = pretrain(cfg, out_dir, None, resume=not args.fresh, progress=progress,
+                           monitor=KnnMonitor)
     else:
         from medaug.tune.pretrain_trainer import run_pretrain_ray
 

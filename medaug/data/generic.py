@@ -100,7 +100,10 @@ _SPLIT_WORDS: dict[str, str] = {
 
 
 def read_csv_file(
-    path: str | Path, what: str = "metadata CSV", dtype: dict[str, type] | None = None
+    path: str | Path,
+    what: str = "metadata CSV",
+    dtype: dict[str, type] | None = None,
+    columns: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Read a CSV (plain or .gz) turning every I/O or parse failure into a one-line error.
 
@@ -108,14 +111,18 @@ def read_csv_file(
         path: the file.
         what: how the file is named in error messages ("CheXpert CSV", ...).
         dtype: column types passed to ``pandas.read_csv`` (ids are best read as ``str``).
+        columns: read only those of these columns that the file has (the others are not
+            parsed at all: faster on wide files); default every column.
     """
+    wanted = None if columns is None else frozenset(columns)
     path = Path(path)
     if not path.exists():
         raise MedaugError(f"{what} {path} does not exist")
     if path.is_dir():
         raise MedaugError(f"{what} {path} is a folder, expected a CSV file")
     try:
-        return pd.read_csv(path, dtype=dtype, low_memory=False)
+        usecols = None if wanted is None else (lambda c: c in wanted)
+        return pd.read_csv(path, dtype=dtype, low_memory=False, usecols=usecols)
     except pd.errors.EmptyDataError:
         raise MedaugError(f"{what} {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
@@ -264,30 +271,25 @@ def vocabulary_words(
     Raises:
         MedaugError: one line naming each value outside the vocabulary with its count.
     """
-    codes, uniques = pd.factorize(values, use_na_sentinel=False)
-    codes = np.asarray(codes)
+    codes, counts, text = distinct_text(values)
     distinct: list[str | None] = []
-    unknown: dict[str, list] = {}  # word -> [first raw spelling, count]
-    counts = np.bincount(codes, minlength=len(uniques)) if len(uniques) else np.zeros(0, int)
-    for u, count in zip(uniques, counts):  # U distinct values, not N rows
-        raw = "" if pd.isna(u) else str(u).strip()
-        word = raw.upper() or None
+    spelling: dict[str | None, str] = {}  # word outside the vocabulary -> first spelling
+    unknown: dict[str, int] = {}  # that spelling -> rows
+    for raw, count in zip(text, counts):  # U distinct values, not N rows
+        word = None if raw is None else raw.upper()
         if word in value_map:
             distinct.append(value_map[word])
         elif word in VOCABULARY or (word is None and blank_ok):
             distinct.append(word)
         else:
-            entry = unknown.setdefault("" if word is None else word, [raw or "<blank>", 0])
-            entry[1] += int(count)
+            name = spelling.setdefault(word, raw or "<blank>")
+            unknown[name] = unknown.get(name, 0) + int(count)
             distinct.append(None)
     if unknown:
-        ranked = sorted(unknown.values(), key=lambda e: (-e[1], e[0]))
-        shown = ", ".join(f"{raw!r} ({n})" for raw, n in ranked[:20])
-        more = f" and {len(ranked) - 20} more" if len(ranked) > 20 else ""
         raise MedaugError(
-            f"{source}: column {column!r} ({canonical}) has {len(ranked)} value(s) outside the "
-            f"vocabulary: {shown}{more}; known: {_SHOWN_VOCABULARY}; say what each stands for "
-            f"with --map-values {canonical}:RAW=CANONICAL,... (data.value_map in a config)"
+            f"{source}: column {column!r} ({canonical}) has {len(unknown)} value(s) outside the "
+            f"vocabulary: {counted(unknown)}; known: {_SHOWN_VOCABULARY}; say what each stands "
+            f"for with --map-values {canonical}:RAW=CANONICAL,... (data.value_map in a config)"
         )
     return codes, distinct
 
@@ -312,7 +314,7 @@ def split_from_words(values: pd.Series, source: str) -> pd.Series:
     return mapped
 
 
-def _distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
+def distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series]:
     """Row codes, counts per distinct value and the distinct values as stripped text (None
     for blanks; whole floats without their ".0", as a date column with blanks reads)."""
     codes, uniques = pd.factorize(values, use_na_sentinel=False)
@@ -327,6 +329,14 @@ def _distinct_text(values: pd.Series) -> tuple[np.ndarray, np.ndarray, pd.Series
             texts.append(str(u).strip() or None)
     counts = np.bincount(codes, minlength=len(uniques))
     return codes, counts, pd.Series(texts, dtype=object)
+
+
+def counted(counts: dict[str, int], limit: int = 20) -> str:
+    """``'L' (3), 'x' (1)``: values with their row counts, most frequent first, at most
+    ``limit`` of them (then "and K more")."""
+    ranked = sorted(counts.items(), key=lambda e: (-e[1], e[0]))
+    shown = ", ".join(f"{k!r} ({v})" for k, v in ranked[:limit])
+    return shown + (f" and {len(ranked) - limit} more" if len(ranked) > limit else "")
 
 
 def _not_understood(source: str, column: str, text: pd.Series, bad: np.ndarray,
@@ -348,7 +358,7 @@ def dates_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
     Raises:
         MedaugError: counting the values that are neither, with a few examples.
     """
-    codes, counts, text = _distinct_text(values)
+    codes, counts, text = distinct_text(values)
     compact = text.str.fullmatch(r"\d{8}").fillna(False).to_numpy(dtype=bool)
     iso = text.str.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?").fillna(False).to_numpy(dtype=bool)
     days = np.full(len(text), np.nan)
@@ -372,7 +382,7 @@ def times_to_days(values: pd.Series, source: str, column: str) -> np.ndarray:
     Returns:
         N float64 in [0, 1) (NaN for blanks).
     """
-    codes, counts, text = _distinct_text(values)
+    codes, counts, text = distinct_text(values)
     t = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
     hours, minutes, seconds = np.floor(t / 10000), np.floor(t / 100) % 100, t % 100
     bad = text.notna().to_numpy() & ~((t >= 0) & (hours < 24) & (minutes < 60) & (seconds < 60))
@@ -483,7 +493,8 @@ def read_generic(
         if "projection" in column_map:
             codes, distinct = vocabulary_words(
                 df[column_map["projection"]], value_map.get("projection", {}),
-                canonical="projection", column=column_map["projection"], blank_ok=True, source=source,
+                canonical="projection", column=column_map["projection"], blank_ok=True,
+                source=source,
             )
         else:
             # A view column holding projection names carries the projection too.
@@ -494,7 +505,8 @@ def read_generic(
     else:
         codes, distinct = vocabulary_words(
             df[column_map["projection"]], value_map.get("projection", {}),
-            canonical="projection", column=column_map["projection"], blank_ok=True, source=source,
+            canonical="projection", column=column_map["projection"], blank_ok=True,
+            source=source,
         )
         projection = _through(codes, distinct, _WORD_PROJECTION)
         projection[pd.isna(projection)] = "unknown"

@@ -18,6 +18,7 @@ from medaug.data.chexpert import read_chexpert
 from medaug.data.generic import read_generic
 from medaug.data.mimic import read_mimic
 from medaug.data.nih import read_nih
+from medaug.data.padchest import read_padchest
 from medaug.errors import MedaugError
 
 Reader = Callable[..., pd.DataFrame]
@@ -26,6 +27,7 @@ DATASETS: dict[str, Reader] = {
     "chexpert": read_chexpert,
     "mimic": read_mimic,
     "nih": read_nih,
+    "padchest": read_padchest,
     "csv": read_generic,
 }
 
@@ -76,9 +78,9 @@ def load_table(
     """Read a dataset's metadata into the validated canonical table.
 
     Args:
-        dataset: a name in ``DATASETS`` (chexpert, mimic, nih, csv).
+        dataset: a name in ``DATASETS`` (chexpert, mimic, nih, padchest, csv).
         csv: the dataset's main CSV (CheXpert ``train.csv``, MIMIC metadata CSV or its
-            folder, NIH ``Data_Entry_2017*.csv``, any CSV for ``csv``).
+            folder, NIH ``Data_Entry_2017*.csv``, PadChest's label CSV, any CSV for ``csv``).
         root: image root; default found next to the CSV (see :func:`resolve_root`).
         column_map: canonical name -> column, for dataset ``csv`` only.
         include_siblings: CheXpert: also read ``valid.csv`` and ``test.csv`` beside
@@ -87,8 +89,9 @@ def load_table(
             (see :func:`medaug.data.generic.check_value_map`).
 
     Returns:
-        N x len(schema.COLUMNS) table; ``attrs["root"]`` holds the resolved image root and
-        ``attrs["dataset"]`` the dataset name.
+        N x len(schema.TABLE_COLUMNS) table; ``attrs["root"]`` holds the resolved image root,
+        ``attrs["dataset"]`` the dataset name and, when the adapter left something out,
+        ``attrs["notes"]`` one line about each.
     """
     reader = get_reader(dataset)
     if column_map and dataset != "csv":

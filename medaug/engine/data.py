@@ -3,7 +3,8 @@
 :func:`prepare_data` reads the metadata (with CheXpert's sibling splits), resolves the image
 root, builds the uint8 image cache once (later calls, in this process or another, reopen it)
 and returns the cached table together with integer codes of the metadata the key queue keeps
-beside every key.  :func:`pair_index` builds the positive-pair sets of the training rows.
+beside every key.  :func:`pretraining_rows` leaves out the rows held out as the test set, and
+:func:`pair_index` builds the positive-pair sets of the rows pretraining uses.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medaug.config import Config
+from medaug.config import Config, DataConfig, EvalConfig, config_to_dict
 from medaug.data.schema import VIEWS, label_values
+from medaug.data.splits import Partitions, evaluation_partitions
 from medaug.errors import MedaugError
 
 
@@ -136,17 +138,33 @@ def _view_codes(view: pd.Series) -> np.ndarray:
     return np.array(view.map(codes).to_numpy(dtype=np.int64))  # a writable copy
 
 
-def pair_index(data: PreparedData, cfg: Config):
-    """Positive-pair sets of the training rows under ``cfg.pretrain``'s criterion.
+def pretraining_rows(data: PreparedData, parts) -> np.ndarray:
+    """The training rows pretraining learns from: the train split without the rows held out
+    as the evaluation's test set (``parts``: ``medaug.data.splits.Partitions``), so no test
+    image is seen before it is scored.  Ascending int64 positions."""
+    from medaug.data.splits import check_disjoint
+
+    rows = np.setdiff1d(data.train, parts["test"]).astype(np.int64)
+    check_disjoint(data.table, {"pretraining": rows, "test": parts["test"]})
+    return rows
+
+
+def pair_index(data: PreparedData, cfg: Config, rows: np.ndarray | None = None):
+    """Positive-pair sets of the pretraining rows under ``cfg.pretrain``'s criterion.
+
+    Args:
+        rows: the table rows pretraining uses (ascending; default ``data.train``, see
+            :func:`pretraining_rows`).
 
     Returns:
-        a ``medaug.pairs.PairIndex`` over the training rows: its positions index
-        ``data.train`` (``data.train[index.anchors]`` are table rows).
+        a ``medaug.pairs.PairIndex`` over ``rows``: its positions index ``rows``
+        (``rows[index.anchors]`` are table rows).
     """
     from medaug.pairs import build_pair_index
 
     p = cfg.pretrain
-    train_table = data.table.iloc[data.train].reset_index(drop=True)
+    rows = data.train if rows is None else np.asarray(rows, dtype=np.int64)
+    train_table = data.table.iloc[rows].reset_index(drop=True)
     return build_pair_index(
         train_table,
         p.criterion,
@@ -157,3 +175,33 @@ def pair_index(data: PreparedData, cfg: Config):
         uncertain=cfg.data.uncertain,
         seed=cfg.seed,
     )
+
+
+def partition_settings(cfg: Any) -> dict[str, Any]:
+    """The arguments of ``medaug.data.splits.evaluation_partitions`` a job's config sets.
+
+    Args:
+        cfg: a ``medaug.config.Config`` or its nested dict (e.g. a checkpoint's saved config;
+            keys it lacks take today's defaults).
+
+    The stratification targets are the evaluated observations plus the monitor's target, so
+    the selection set can score both.
+    """
+    d = config_to_dict(cfg) if isinstance(cfg, Config) else cfg
+    data = {**config_to_dict(DataConfig()), **(d.get("data") or {})}
+    ev = {**config_to_dict(EvalConfig()), **(d.get("eval") or {})}
+    return {
+        "dataset": data["dataset"],
+        "heldout_fraction": ev["heldout_fraction"],
+        "select_fraction": ev["select_fraction"],
+        "select_max_images": ev["select_max_images"],
+        "seed": ev["split_seed"],
+        "targets": list(dict.fromkeys([*ev["observations"], data["target"]])),
+        "uncertain": data["uncertain"],
+    }
+
+
+def partitions_for(table: pd.DataFrame, cfg: Any) -> Partitions:
+    """``evaluation_partitions`` of ``table`` under a job's config (see
+    :func:`partition_settings`): what pretraining's monitor and the evaluation both use."""
+    return evaluation_partitions(table, **partition_settings(cfg))

@@ -4,9 +4,11 @@ One epoch: the pair sampler draws one partner x' for every anchor x; the anchors
 in a seeded permutation, a global batch at a time (each worker its own slice of it); the
 registered method (:mod:`medaug.methods`: MoCo v2, the multi-view MAE, ...) computes the
 loss of one batch of (anchor rows, partner rows); this loop owns the schedule, the
-optimiser, mixed precision, gradient clipping, the distributed set-up, checkpoints with
-exact resume and the kNN monitor, which scores the target observation on frozen backbone
-features of the selection images every ``knn_every`` epochs and keeps the best epoch.
+optimiser, mixed precision, gradient clipping, the distributed set-up and checkpoints with
+exact resume.  Every ``knn_every`` epochs a monitor given by the caller (the evaluation's
+kNN monitor, ``medaug.eval.monitor.KnnMonitor``) scores the method's evaluated backbone on
+the selection set (never the test set, see ``medaug.data.splits``), and the best epoch is
+kept.
 
 No Ray here: :func:`pretrain` takes a ``report(metrics, checkpoint_dir)`` callable, and runs
 data-parallel whenever ``torch.distributed`` is initialised (DDP on the method's module).
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 from medaug.config import Config, config_to_dict, flatten, write_config
 from medaug.engine import checkpoint as ckpt
-from medaug.engine.data import PreparedData, pair_index, prepare_data
+from medaug.engine.data import PreparedData, pair_index, prepare_data, pretraining_rows
 from medaug.engine.schedule import (
     build_optimizer,
     check_optimizer,
@@ -43,6 +45,8 @@ from medaug.errors import MedaugError
 from medaug.methods import Method
 
 Report = Callable[[dict, "Path | None"], None]
+# (data, cfg, device, partitions) -> monitor: monitor(backbone) -> float | None
+MonitorFactory = Callable[..., Any]
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -72,7 +76,7 @@ def check_pretrain(cfg: Config) -> None:
     from medaug.config import check_config
     from medaug.models.backbones import check_arch
 
-    check_config(cfg)  # the generic rules and the chosen method's own
+    check_config(cfg)
     p = cfg.pretrain
     check_arch(p.arch, cfg.data.image_size)
     check_optimizer(p.optimizer)
@@ -124,7 +128,7 @@ def pick_device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def _seed(*parts: int) -> int:
+def mixed_seed(*parts: int) -> int:
     """A 63-bit seed mixing ``parts`` (so streams of different purposes never coincide)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
 
@@ -171,62 +175,6 @@ def train_step(method: Method, net: torch.nn.Module, optimizer: torch.optim.Opti
     scaler.update()
     method.after_step()
     return loss.detach(), stats
-
-
-# ---------------------------------------------------------------------------------------------
-# kNN monitor.
-
-
-class KnnMonitor:
-    """Scores the target observation with a kNN classifier on frozen backbone features.
-
-    The memory bank (training images) and the queries (validation images, else test images)
-    are drawn once, seeded, among rows whose label counts under the uncertain-label policy,
-    so every epoch is scored on the same images.
-    """
-
-    def __init__(self, data: PreparedData, cfg: Config, device: torch.device) -> None:
-        p = cfg.pretrain
-        rng = np.random.default_rng(_seed(cfg.seed, 0x6B6E6E))
-        self.data = data
-        self.k = p.knn_k
-        self.size = cfg.data.image_size
-        self.device = device
-        self.batch_size = max(cfg.eval.feature_batch_size, 1)
-        self.amp = p.amp
-        target, policy = cfg.data.target, cfg.data.uncertain
-
-        def pick(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-            labels, mask = data.labels(rows, target, policy)
-            rows, labels = rows[mask], labels[mask]
-            if len(rows) > n:
-                keep = np.sort(rng.choice(len(rows), size=n, replace=False))
-                rows, labels = rows[keep], labels[keep]
-            return rows, labels
-
-        self.bank_rows, self.bank_labels = pick(data.train, p.knn_bank)
-        query_pool = data.valid if len(data.valid) else data.test
-        self.query_rows, self.query_labels = pick(query_pool, p.knn_queries)
-        self.problem: str | None = None
-        if len(self.bank_rows) == 0:
-            self.problem = f"no training image has a usable {target!r} label"
-        elif len(query_pool) == 0:
-            self.problem = "the table has no validation or test rows to score"
-        elif len(np.unique(self.query_labels)) < 2:
-            self.problem = f"the kNN queries hold a single class of {target!r}"
-
-    def __call__(self, backbone: torch.nn.Module) -> float | None:
-        """kNN AUC of ``backbone`` (None when the monitor cannot score, see ``problem``)."""
-        if self.problem is not None:
-            return None
-        from medaug.eval.features import extract_features
-        from medaug.eval.knn import knn_auc
-
-        kwargs = dict(batch_size=self.batch_size, device=self.device, amp=self.amp, progress=False)
-        images = self.data.cache.images
-        bank = extract_features(backbone, images, self.bank_rows, self.size, **kwargs)  # B x D
-        query = extract_features(backbone, images, self.query_rows, self.size, **kwargs)  # Q x D
-        return float(knn_auc(bank, self.bank_labels, query, self.query_labels, self.k))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,8 +268,9 @@ def pretrain(
     *,
     resume_from: str | Path | None = None,
     progress: bool = True,
+    monitor: MonitorFactory | None = None,
 ) -> dict:
-    """Train MoCo v2 on ``cfg.data`` with the pairs, augmentations and negatives of ``cfg``.
+    """Pretrain the method ``cfg.pretrain.method`` on ``cfg.data`` with the pairs of ``cfg``.
 
     Args:
         cfg: the resolved config (``pretrain`` section; ``data`` for the images and the
@@ -340,14 +289,23 @@ def pretrain(
             False, a previous run in ``out_dir`` is cleared and training starts over.
         resume_from: a checkpoint folder to continue from (e.g. the one Ray Train restored).
         progress: progress bar and one line per epoch on stderr (rank 0).
+        monitor: builds the checkpoint monitor, ``monitor(data, cfg, device, parts)`` -> a
+            callable scoring a backbone (higher is better; None when it cannot), with
+            ``problem`` (why it cannot score, or None) and ``sets`` (what it scores on); the
+            evaluation's ``medaug.eval.monitor.KnnMonitor``.  None: no monitor, the last
+            epoch is the best one.
 
     Returns:
         the summary (also written to ``summary.json``): best_epoch, best_knn_auc,
-        best_checkpoint, latest_checkpoint, epochs, final_loss, history (metrics per epoch).
+        best_checkpoint, latest_checkpoint, epochs, final_loss, history (metrics per epoch),
+        selected_by ("kNN monitor" or "last epoch"), selection (name, source, rows, patients
+        and kNN query / bank counts of the set that selected; None without the monitor),
+        test (the held-out set, which pretraining never reads), pretraining_images.
 
     Raises:
         MedaugError: bad settings, missing data, or too few anchors for one global batch.
     """
+    from medaug.engine.data import partitions_for
     from medaug.methods import get_method
     from medaug.pairs import PairSampler
 
@@ -373,7 +331,11 @@ def pretrain(
     torch.manual_seed(cfg.seed)
 
     data = prepare_data(cfg, out_dir, progress=show)
-    index = pair_index(data, cfg)
+    # The evaluation's partitions: pretraining never learns from a held-out test row, and the
+    # monitor scores on the selection set.
+    parts = partitions_for(data.table, cfg)
+    train_rows = pretraining_rows(data, parts)
+    index = pair_index(data, cfg, train_rows)
     sampler = PairSampler(index, seed=cfg.seed)
     global_batch = p.batch_size * world
     steps = len(index) // global_batch
@@ -397,7 +359,7 @@ def pretrain(
         p.optimizer, method.param_groups(p.weight_decay), p.lr, p.weight_decay, p.sgd_momentum
     )
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    monitor = KnnMonitor(data, cfg, device) if p.knn_every else None
+    monitor = monitor(data, cfg, device, parts) if (monitor and p.knn_every) else None
     if monitor is not None and monitor.problem and show:
         _say(f"medaug pretrain: warning: kNN monitor off: {monitor.problem}")
 
@@ -443,6 +405,10 @@ def pretrain(
                    source=source, world_size=world, device=str(device))
         write_config(cfg, out_dir / CONFIG_FILE)
         history = [m for m in _read_metrics(out_dir) if int(m.get("epoch", 0)) <= start_epoch]
+        if source is not None and (not history or int(history[-1]["epoch"]) < start_epoch):
+            # Killed between writing the checkpoint and appending its metrics line: the
+            # checkpoint holds that epoch's metrics.
+            history.append(dict(state["metrics"]))
         _write_metrics(out_dir, history)
 
     net: torch.nn.Module = model
@@ -451,15 +417,14 @@ def pretrain(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_rows = data.train
     latest_dir: Path | None = ckpt.latest_checkpoint(out_dir) if rank == 0 else None
     metrics: dict[str, Any] = {}
 
     for epoch in range(start_epoch, p.epochs):
         model.train()
-        gen.manual_seed(_seed(cfg.seed, epoch, rank, 0x617567))
+        gen.manual_seed(mixed_seed(cfg.seed, epoch, rank, 0x617567))
         method.begin_epoch(epoch, p.epochs)
-        order = np.random.default_rng(_seed(cfg.seed, epoch, 0x6F7264)).permutation(len(index))
+        order = np.random.default_rng(mixed_seed(cfg.seed, epoch, 0x6F7264)).permutation(len(index))
         partners = sampler.sample(epoch)  # A train positions, aligned with index.anchors
         used = order[: steps * global_batch]  # anchors (index positions) of this epoch
         anchor_rows = train_rows[index.anchors[used]]  # steps*G table rows
@@ -488,7 +453,7 @@ def pretrain(
         elapsed = time.perf_counter() - t0
         bar.close()
         names = sorted(totals)  # the same on every worker: the method returns fixed names
-        summed = torch.stack([totals[n] for n in names]) if names else torch.zeros(0)
+        summed = torch.stack([totals[n] for n in names])
         if distributed:
             dist.all_reduce(summed)  # sums over workers
             # The slowest worker sets the pace (and every worker reports the same figure).
@@ -496,9 +461,8 @@ def pretrain(
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             elapsed = float(slowest.item())
         # Counts ("n_*") are summed over steps and workers; loss and other stats averaged.
-        n_steps = steps * world
         epoch_stats = {
-            n: float(v) if n.startswith("n_") else float(v) / max(n_steps, 1)
+            n: float(v) if n.startswith("n_") else float(v) / max(steps * world, 1)
             for n, v in zip(names, summed.cpu().tolist(), strict=True)
         }
 
@@ -574,6 +538,7 @@ def pretrain(
             report(dict(metrics), written)
 
     summary = _summary(out_dir, best, latest_dir, history, p.epochs)
+    summary.update(_sets_record(monitor, parts, data, train_rows, summary))
     if rank == 0:
         _log_event(out_dir, "end", epoch=p.epochs, best_epoch=summary["best_epoch"])
         tmp = out_dir / (SUMMARY_FILE + ".tmp")
@@ -597,4 +562,19 @@ def _summary(
         "latest_checkpoint": str(latest) if latest is not None else None,
         "final_loss": last.get("loss"),
         "history": history,
+    }
+
+
+def _sets_record(monitor: Any, parts, data: PreparedData, train_rows: np.ndarray,
+                 summary: dict) -> dict:
+    """Which set picked the checkpoint, which set is held out for testing, and how many
+    images pretraining learned from."""
+    sets = monitor.sets if monitor is not None else parts.describe(data.table)
+    by_monitor = summary["best_knn_auc"] is not None
+    return {
+        "selected_by": "kNN monitor" if by_monitor else "last epoch",
+        "selection": sets["selection"] if by_monitor else None,
+        "test": sets["test"],
+        "pretraining_images": {"rows": int(len(train_rows)),
+                               "patients": int(len(np.unique(data.patient[train_rows])))},
     }

@@ -1,4 +1,4 @@
-"""The nested label-scarce evaluation: splits, cached features, linear probes, end-to-end
+"""The nested label-scarce evaluation: cached features, linear probes, end-to-end
 fine-tuning, metrics with intervals, the kNN monitor.
 
 Names load on first use, so ``from medaug.eval import knn_auc`` does not import torch.
@@ -11,17 +11,13 @@ from medaug._lazy import lazy_getattr
 _LAZY = {
     "knn_scores": "medaug.eval.knn",
     "knn_auc": "medaug.eval.knn",
+    "KnnMonitor": "medaug.eval.monitor",
     "auc": "medaug.eval.metrics",
     "bootstrap_ci": "medaug.eval.metrics",
     "paired_bootstrap": "medaug.eval.metrics",
     "paired_difference": "medaug.eval.metrics",
     "summarise": "medaug.eval.metrics",
     "aggregate_studies": "medaug.eval.metrics",
-    "label_fraction_splits": "medaug.eval.splits",
-    "evaluation_partitions": "medaug.eval.splits",
-    "splits_for": "medaug.eval.splits",
-    "save_splits": "medaug.eval.splits",
-    "load_splits": "medaug.eval.splits",
     "extract_features": "medaug.eval.features",
     "cached_features": "medaug.eval.features",
     "module_hash": "medaug.eval.features",

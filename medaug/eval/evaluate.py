@@ -13,7 +13,14 @@ a rerun in the same folder with the same encoder and settings skips what is done
                                      "select_auc"}], "mean", "std", "n"}},
      "e2e": {...same...} (only when fine-tuning ran),
      "config": flattened eval config, "uncertain": policy, "splits_csv": path,
-     "level": "image" | "study-max" | "study-mean", "encoder": {...}, "sizes": {...}}
+     "level": "image" | "study-max" | "study-mean", "encoder": {...}, "sizes": {...},
+     "selection": {"name", "source", "rows", "patients"}: the set every epoch was chosen on,
+     "test": {...same...}: the set the AUCs are computed on,
+     "pretraining": {"selected_by", "selection", "test"} of the checkpoint's run (or null)}
+
+Per-split scores are saved beside it (``scores/linear.npz``: ``scores`` S x N_test x O,
+``rows``, ``labels``, ``mask``, ``studies``; ``scores/e2e_split{i}.npz``: N_test x O), so
+every AUC can be recomputed from them.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ def eval_backbone(
     Returns:
         (backbone in eval mode mapping N x 3 x R x R to N x D, D, description dict).
     """
+    backbone, dim, info, _ = _load_encoder(cfg, checkpoint, baseline)
+    return backbone, dim, info
+
+
+def _load_encoder(
+    cfg: Config, checkpoint: str | Path | None, baseline: str | None
+) -> tuple[Any, int, dict[str, Any], dict[str, Any] | None]:
+    """:func:`eval_backbone` plus the checkpoint's saved config (None for a baseline)."""
     import torch
 
     if (checkpoint is None) == (baseline is None):
@@ -90,11 +105,61 @@ def eval_backbone(
         torch.manual_seed(cfg.seed)
         backbone, _ = build_backbone(cfg.pretrain.arch, baseline, weights, cfg.data.image_size)
         info = {"source": "baseline", "name": baseline, "arch": cfg.pretrain.arch}
+        saved = None
     backbone.eval()
     with torch.no_grad():  # at the size evaluation feeds it (a ViT takes no other)
         size = cfg.data.image_size
         dim = int(backbone(torch.zeros(1, 3, size, size)).shape[1])  # 1 x D
-    return backbone, dim, info
+    return backbone, dim, info, saved
+
+
+# --- the sets that select and test ------------------------------------------------------------
+
+
+def _pretraining_summary(checkpoint: str | Path) -> dict[str, Any] | None:
+    """``summary.json`` of the pretraining run a checkpoint belongs to (a run folder, one of
+    its checkpoint folders or a state file inside one), or None when there is none."""
+    path = Path(checkpoint)
+    for folder in (path, *list(path.parents)[:3]):
+        summary = folder / "summary.json"
+        if summary.is_file() and (folder / "checkpoints").is_dir():
+            try:
+                return json.loads(summary.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def _check_pretraining_sets(
+    saved: dict[str, Any], cfg: Config, data: Any, parts: Any
+) -> None:
+    """No test patient of this evaluation was among the images the checkpoint's pretraining
+    learned from or selected its epoch on (its own partitions, from its saved config).
+
+    Checked when the checkpoint was trained on the same metadata CSV; another dataset has
+    other patients.
+
+    Raises:
+        MedaugError: naming how many test patients pretraining saw.
+    """
+    from medaug.data.splits import check_disjoint
+    from medaug.engine.data import partition_settings, partitions_for, pretraining_rows
+
+    saved_data = saved.get("data") or {}
+    if not saved_data.get("csv") or not cfg.data.csv:
+        return
+    if Path(saved_data["csv"]).resolve() != Path(cfg.data.csv).resolve():
+        return
+    if partition_settings(saved) == partition_settings(cfg):
+        pre = parts
+    else:
+        try:
+            pre = partitions_for(data.table, saved)
+        except MedaugError:
+            return  # its settings cannot cut this table: it was prepared otherwise
+    seen = np.union1d(pretraining_rows(data, pre), pre["select"])
+    check_disjoint(data.table, {"checkpoint's pretraining (images and selection)": seen,
+                                "test": parts["test"]})
 
 
 # --- results file -----------------------------------------------------------------------------
@@ -187,7 +252,9 @@ def _labels(table, rows: np.ndarray, observations: list[str], uncertain: str):
 
 
 def _run_key(encoder_hash: str, cfg: Config, splits: list[np.ndarray]) -> str:
-    """Fingerprint of everything the results depend on; another key discards old results."""
+    """Fingerprint of everything the results depend on; another key discards old results.
+
+    ``splits``: every row set involved (the label splits, the selection and test rows)."""
     h = hashlib.sha256(encoder_hash.encode())
     h.update(json.dumps(flatten(config_to_dict(cfg.eval)), sort_keys=True, default=str).encode())
     d = cfg.data
@@ -230,9 +297,9 @@ def evaluate(
     """
     import torch
 
-    from medaug.engine.data import prepare_data
+    from medaug.data.splits import check_disjoint, splits_for
+    from medaug.engine.data import partitions_for, prepare_data
     from medaug.eval.features import module_hash
-    from medaug.eval.splits import check_disjoint, evaluation_partitions, splits_for
 
     e = cfg.eval
     check_config(cfg)
@@ -241,16 +308,23 @@ def evaluate(
     observations = list(e.observations)
     uncertain = cfg.data.uncertain
 
-    backbone, dim, info = eval_backbone(cfg, checkpoint, baseline)
+    backbone, dim, info, saved = _load_encoder(cfg, checkpoint, baseline)
     encoder_hash = module_hash(backbone)
     info["hash"] = encoder_hash
     data = prepare_data(cfg, out_dir, progress=progress)
     table = data.table
-    parts = evaluation_partitions(
-        table, cfg.data.dataset, heldout_fraction=e.heldout_fraction,
-        select_fraction=e.select_fraction, select_max_images=e.select_max_images,
-        seed=e.split_seed, targets=observations, uncertain=uncertain,
-    )
+    # The same partitions as pretraining's kNN monitor: every choice below (probe epoch,
+    # fine-tuning epoch) scores on parts["select"]; parts["test"] is only ever scored.
+    parts = partitions_for(table, cfg)
+    pretraining: dict[str, Any] | None = None
+    if saved is not None:
+        _check_pretraining_sets(saved, cfg, data, parts)
+        summary = _pretraining_summary(checkpoint)
+        if summary is not None:
+            pretraining = {k: summary.get(k) for k in ("selected_by", "selection", "test")}
+            if summary.get("best_knn_auc") is not None and summary.get("selection") is None:
+                print(f"warning: {checkpoint} does not record which set its kNN monitor "
+                      "selected on; it may have been the test set", file=sys.stderr)
     splits_csv = Path(e.splits_csv) if e.splits_csv else out_dir / "splits.csv"
     splits = splits_for(
         splits_csv, table, parts["pool"], fraction=e.fraction, n_splits=e.n_splits,
@@ -262,7 +336,7 @@ def evaluate(
                            "selection": parts["select"], "test": parts["test"]})
     test = _TestSet(table, parts["test"], observations, uncertain, e.study_level)
 
-    run_key = _run_key(encoder_hash, cfg, splits)
+    run_key = _run_key(encoder_hash, cfg, [*splits, parts["select"], parts["test"]])
     results_path = out_dir / RESULTS_FILE
     results: dict[str, Any] = {}
     if results_path.exists():
@@ -285,6 +359,8 @@ def evaluate(
         "encoder": info,
         "sizes": {"pool": len(parts["pool"]), "select": len(parts["select"]),
                   "test": len(parts["test"]), "splits": [len(s) for s in splits]},
+        **parts.describe(table),
+        "pretraining": pretraining,
     })
     write_config(cfg, out_dir / "config.yaml")
     _write_json(results_path, results)

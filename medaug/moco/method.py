@@ -15,6 +15,7 @@ import torch
 
 from medaug.config import Config
 from medaug.data.augment import augment
+from medaug.data.groups import group_codes
 from medaug.errors import MedaugError
 from medaug.methods import Method
 from medaug.moco.model import MoCo
@@ -50,6 +51,8 @@ class MocoMethod(Method):
         self.view = torch.from_numpy(data.view)  # N
         self.patient = torch.from_numpy(data.patient)  # N
         self.study = torch.from_numpy(data.study)  # N
+        # The strategies' "laterality": the hard-negative group of every table row.
+        self.group = torch.from_numpy(group_codes(data.table, p.hard_negatives_by)[0])  # N
         self._pending: tuple | None = None
 
     @classmethod
@@ -78,7 +81,7 @@ class MocoMethod(Method):
         x_k = torch.from_numpy(cache[rows_b]).to(device, non_blocking=True)  # B x S x S uint8
         x_q = augment(x_q, gen, self.size, **self.aug)  # B x 3 x S x S
         x_k = augment(x_k, gen, self.size, **self.aug)  # B x 3 x S x S
-        q_view = self.view[rows_a].to(device)  # B
+        q_group = self.group[rows_a].to(device)  # B
 
         # MoCo's order: move the key encoder first, then encode.
         self.model.momentum_update()
@@ -86,7 +89,7 @@ class MocoMethod(Method):
             q, k = net(x_q, x_k, gen)  # B x C, B x C (unit, float32)
         # The queue's image ids are table rows: keys of the anchor's own row are no negatives.
         loss, stats = contrastive_loss(
-            q, k, self.queue, q_view, self.strategy, self.temperature, generator=gen,
+            q, k, self.queue, q_group, self.strategy, self.temperature, generator=gen,
             q_image=torch.from_numpy(rows_a).to(device), **self.loss_args,
         )
         self._pending = (k.detach(), rows_b)
@@ -101,7 +104,7 @@ class MocoMethod(Method):
         rows = torch.from_numpy(rows_b)
         dev = self.device
         self.queue.enqueue(k, self.view[rows].to(dev), self.patient[rows].to(dev),
-                           self.study[rows].to(dev), rows.to(dev))
+                           self.study[rows].to(dev), rows.to(dev), self.group[rows].to(dev))
         self._pending = None
 
     def extra_state(self) -> dict[str, Any]:

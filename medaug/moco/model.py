@@ -5,8 +5,8 @@ optimiser.  One step of the loop looks like::
 
     model.momentum_update()
     q, k = model(x_q, x_k)        # or model.query(x_q), model.key(x_k)
-    loss, stats = contrastive_loss(q, k, queue, q_view, ...)
-    queue.enqueue(k, k_view, ...)
+    loss, stats = contrastive_loss(q, k, queue, q_group, ...)
+    queue.enqueue(k, k_view, ..., group=k_group)
 
 Batch-norm leak between a query and its key is prevented by shuffle-BN: across workers
 when torch.distributed runs with several of them (MoCo's recipe), and within one worker by

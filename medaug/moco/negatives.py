@@ -19,7 +19,7 @@ of the pair stays the positive.  Such slots are counted in ``stats["n_own"]`` (q
 pairs) and ``stats["n_own_queries"]`` (queries with at least one); ``keep_own_image``
 keeps them as negatives (MoCo's plain queue) while still counting them.
 
-Empty queue slots (view == -1, still holding MoCo's random initial keys):
+Empty queue slots (group == -1, still holding MoCo's random initial keys):
 
 * ``default`` keeps MoCo's semantics: all K slots are negatives, filled or not (less the
   keys of the query's own image).
@@ -31,7 +31,12 @@ Empty queue slots (view == -1, still holding MoCo's random initial keys):
   image) falls back to the default row (all K slots less its own image's, unweighted);
   such queries are counted in ``stats["n_fallback"]``.
 
-Laterality codes are those of :mod:`medaug.moco.queue`: 0 frontal, 1 lateral, 2 other.
+"Laterality" is the paper's word for the group that makes a key a hard negative.  The
+strategies only compare int codes: a query's group code with each slot's.  By default these
+are the laterality codes of :mod:`medaug.moco.queue` (0 frontal, 1 lateral, 2 other); with
+``pretrain.hard_negatives_by`` they are the codes of another grouping of the images
+(projection, sex, age band or any categorical column, :mod:`medaug.data.groups`), and every
+strategy works on them unchanged.
 """
 
 from __future__ import annotations
@@ -58,8 +63,8 @@ class NegativeBatch:
         l_neg: N x K logits of the queries against every queue slot, already divided by
             the temperature.
         keys: K x C queue keys.
-        view: K laterality code per slot (-1 = empty).
-        q_view: N laterality code per query.
+        group: K group (laterality) code per slot (-1 = empty).
+        q_group: N group (laterality) code per query.
         own: N x K bool, slot j holds a key of query i's own image and is no negative of it
             (all False for MoCo's plain queue).
         temperature: softmax temperature.
@@ -71,8 +76,8 @@ class NegativeBatch:
     q: Tensor
     l_neg: Tensor
     keys: Tensor
-    view: Tensor
-    q_view: Tensor
+    group: Tensor
+    q_group: Tensor
     temperature: float
     t: float
     m: int
@@ -81,12 +86,12 @@ class NegativeBatch:
 
     def filled(self) -> Tensor:
         """N x K bool: slot j is filled and holds no key of query i's own image."""
-        return (self.view >= 0)[None, :] & ~self.own
+        return (self.group >= 0)[None, :] & ~self.own
 
-    def same_laterality(self) -> Tensor:
-        """N x K bool: slot j is filled, has the laterality of query i and holds no key of
-        query i's own image."""
-        return (self.view[None, :] == self.q_view[:, None]) & self.filled()
+    def same_group(self) -> Tensor:
+        """N x K bool: slot j is filled, has the group (laterality) of query i and holds no
+        key of query i's own image."""
+        return (self.group[None, :] == self.q_group[:, None]) & self.filled()
 
     def default_log_w(self) -> Tensor:
         """N x K log-weights of the default row: 0, and -inf on the query's own image."""
@@ -141,10 +146,10 @@ def _rand(
     return torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float64).to(device)
 
 
-def sample_same_laterality(
+def sample_same_group(
     same: Tensor, m: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Draw up to ``m`` distinct same-laterality slots per query, uniformly at random.
+    """Draw up to ``m`` distinct same-group slots per query, uniformly at random.
 
     Random scores (one N x K float64 uniform draw) are drawn for every slot, non-eligible
     slots get -1, and ``topk`` picks the m highest: the eligible slots come first, in
@@ -219,7 +224,7 @@ def _default(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
 @register_strategy("same_lat_only")
 def _same_lat_only(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     """Eq. (5): only filled slots with the query's laterality are negatives."""
-    same = b.same_laterality()  # N x K
+    same = b.same_group()  # N x K
     fallback = ~same.any(dim=1)  # N
     keep = same | fallback[:, None]  # N x K
     log_w = b.default_log_w().masked_fill(~keep, NEG_INF)
@@ -237,7 +242,7 @@ def _reweighted(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
     the hard negatives 10% (the formula); the paper's prose reads t = 0.1 as 90%, which is
     t = 0.9 here.
     """
-    same = b.same_laterality()  # N x K
+    same = b.same_group()  # N x K
     other = b.filled() & ~same  # N x K
     n_same = same.sum(dim=1).to(b.l_neg.dtype)  # N
     n_other = other.sum(dim=1).to(b.l_neg.dtype)  # N
@@ -256,8 +261,8 @@ def _reweighted(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
 
 def _appended_parts(b: NegativeBatch) -> tuple[Tensor, Tensor, Tensor, dict]:
     """Shared part of appended/synthetic: the sample A of eq. (7) and its logits."""
-    same = b.same_laterality()  # N x K
-    index, valid = sample_same_laterality(same, b.m, b.generator)  # N x m, N x m
+    same = b.same_group()  # N x K
+    index, valid = sample_same_group(same, b.m, b.generator)  # N x m, N x m
     l_app = b.l_neg.gather(1, index)  # N x m: appended keys are queue slots
     count = same.sum(dim=1)  # N
     stats = {"n_fallback": int((count == 0).sum()), "n_short": int((count < b.m).sum())}
@@ -303,18 +308,18 @@ def _synthetic(b: NegativeBatch) -> tuple[Tensor, Tensor, dict]:
 def _queue_tensors(queue) -> tuple[Tensor, Tensor, Tensor | None]:
     if isinstance(queue, (tuple, list)):
         if len(queue) not in (2, 3):
-            raise ValueError("queue must be a KeyQueue or a tuple (keys, view[, image])")
-        keys, view, image = (*queue, None) if len(queue) == 2 else queue
+            raise ValueError("queue must be a KeyQueue or a tuple (keys, group[, image])")
+        keys, group, image = (*queue, None) if len(queue) == 2 else queue
     else:
-        keys, view, image = queue.keys, queue.view, queue.image
-    return keys, view, image
+        keys, group, image = queue.keys, queue.group, queue.image
+    return keys, group, image
 
 
 def contrastive_loss(
     q: Tensor,
     k: Tensor,
     queue,
-    q_view: Tensor,
+    q_group: Tensor,
     strategy: str,
     temperature: float,
     *,
@@ -330,9 +335,11 @@ def contrastive_loss(
     Args:
         q: N x C unit query vectors (with gradient).
         k: N x C unit positive keys (no gradient needed).
-        queue: a :class:`~medaug.moco.queue.KeyQueue`, or a tuple (keys K x C, view K) or
-            (keys, view, image K), image being the id of each slot's key image (-1 empty).
-        q_view: N laterality codes of the query images (0 frontal, 1 lateral, 2 other).
+        queue: a :class:`~medaug.moco.queue.KeyQueue`, or a tuple (keys K x C, group K) or
+            (keys, group, image K): each slot's group code (-1 empty) and the id of its key
+            image (-1 empty).
+        q_group: N group codes of the query images: laterality codes (0 frontal, 1 lateral,
+            2 other) or those of the queue's other grouping.
         strategy: a name from :func:`list_strategies`.
         temperature: softmax temperature (reference: 0.2).
         t: share of the negative weight given to same-laterality keys (reweighted).
@@ -357,9 +364,9 @@ def contrastive_loss(
         raise MedaugError(f"reweighting share t must lie in (0, 1), got {t}")
     if m < 1:
         raise MedaugError(f"number of appended negatives m must be positive, got {m}")
-    keys, view, image = _queue_tensors(queue)
+    keys, group, image = _queue_tensors(queue)
     if q_image is not None and image is None:
-        raise ValueError("q_image needs the queue's image ids: pass (keys, view, image)")
+        raise ValueError("q_image needs the queue's image ids: pass (keys, group, image)")
     # The loss runs in float32 even under autocast: exp/logsumexp of 1/T-scaled logits.
     with torch.autocast(device_type=q.device.type, enabled=False):
         q = q.float()
@@ -377,8 +384,8 @@ def contrastive_loss(
             q=q,
             l_neg=l_neg,
             keys=keys,
-            view=view.to(q.device).long(),
-            q_view=q_view.to(q.device).long(),
+            group=group.to(q.device).long(),
+            q_group=q_group.to(q.device).long(),
             temperature=temperature,
             t=t,
             m=m,

@@ -3,7 +3,10 @@
 The queue is a ring buffer of K keys.  Beside every key it keeps the laterality, patient,
 study and table row of the image the KEY encoder saw (x', the positive partner), never the
 anchor's: the laterality strategies compare a query with the images behind the keys, so
-storing the anchor's metadata would mislabel every cross-laterality pair.
+storing the anchor's metadata would mislabel every cross-laterality pair.  It also keeps
+the key image's hard-negative group: its laterality by default, or the code of any other
+grouping (``pretrain.hard_negatives_by``: projection, sex, age band, ...,
+:mod:`medaug.data.groups`), which is what the laterality strategies compare.
 
 All state lives in buffers, so ``state_dict()`` carries the queue across checkpoints.
 """
@@ -39,6 +42,8 @@ class KeyQueue(nn.Module):
         view: K int8 laterality code (0 frontal, 1 lateral, 2 other; -1 = never filled).
         patient, study, image: K int64 ids of the key image (-1 = never filled); ``image``
             is the row index in the metadata table.
+        group: K int64 hard-negative group code of the key image (-1 = never filled); the
+            laterality code unless another grouping is enqueued.
         ptr: scalar int64, the next slot to overwrite.
 
     Args:
@@ -59,6 +64,7 @@ class KeyQueue(nn.Module):
         self.register_buffer("patient", torch.full((size,), EMPTY, dtype=torch.int64))
         self.register_buffer("study", torch.full((size,), EMPTY, dtype=torch.int64))
         self.register_buffer("image", torch.full((size,), EMPTY, dtype=torch.int64))
+        self.register_buffer("group", torch.full((size,), EMPTY, dtype=torch.int64))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
 
     def extra_repr(self) -> str:
@@ -69,6 +75,12 @@ class KeyQueue(nn.Module):
         """Slots that hold a real key (the rest still hold the random initial keys)."""
         return int((self.view >= 0).sum())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A queue saved before it kept groups grouped its keys by laterality.
+        if prefix + "group" not in state_dict and prefix + "view" in state_dict:
+            state_dict[prefix + "group"] = state_dict[prefix + "view"].to(torch.int64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def enqueue(
         self,
@@ -77,6 +89,7 @@ class KeyQueue(nn.Module):
         patient: Tensor,
         study: Tensor,
         image: Tensor,
+        group: Tensor | None = None,
         *,
         gather: bool = True,
     ) -> None:
@@ -86,19 +99,20 @@ class KeyQueue(nn.Module):
             keys: B x C unit keys of the key images x' (this worker's batch).
             view: B laterality codes of the key images (0, 1 or 2).
             patient, study, image: B int ids of the key images.
+            group: B hard-negative group codes (>= 0) of the key images; default: ``view``.
             gather: when torch.distributed runs with several workers, first gather the
                 batches of all workers (MoCo enqueues the global batch, identically on every
                 worker); pass False when the arguments already hold the global batch.
         """
+        group = view if group is None else group
+        meta = {"view": view, "patient": patient, "study": study, "image": image, "group": group}
         if gather:
             keys = concat_all_gather(keys)
-            view, patient, study, image = (
-                concat_all_gather(x.to(keys.device)) for x in (view, patient, study, image)
-            )
+            meta = {name: concat_all_gather(x.to(keys.device)) for name, x in meta.items()}
         b = keys.shape[0]
         if keys.ndim != 2 or keys.shape[1] != self.dim:
             raise ValueError(f"keys must be B x {self.dim}, got {tuple(keys.shape)}")
-        for name, x in (("view", view), ("patient", patient), ("study", study), ("image", image)):
+        for name, x in meta.items():
             if x.shape != (b,):
                 raise ValueError(f"{name} must hold {b} values, got shape {tuple(x.shape)}")
         if self.size % b:
@@ -107,12 +121,14 @@ class KeyQueue(nn.Module):
                 "pretrain.queue_size to a multiple of batch_size x num_workers (and drop the "
                 "last incomplete batch)"
             )
+        view = meta["view"]
         if b and (int(view.min()) < 0 or int(view.max()) >= len(VIEWS)):
             raise ValueError(f"view codes must lie in 0..{len(VIEWS) - 1}, got {view.tolist()}")
+        if b and int(meta["group"].min()) < 0:
+            raise ValueError(f"group codes must be >= 0, got {meta['group'].tolist()}")
         p = int(self.ptr)
         self.keys[p : p + b] = keys.to(self.keys.dtype)
-        self.view[p : p + b] = view.to(self.view)
-        self.patient[p : p + b] = patient.to(self.patient)
-        self.study[p : p + b] = study.to(self.study)
-        self.image[p : p + b] = image.to(self.image)
+        for name, x in meta.items():
+            buffer = getattr(self, name)
+            buffer[p : p + b] = x.to(buffer)
         self.ptr.fill_((p + b) % self.size)

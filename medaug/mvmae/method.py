@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from medaug.mvmae.augment import MEAN, STD, augment_views
-from medaug.mvmae.config import check_mvmae, vit_dims
-from medaug.mvmae.encoder import MaskedViT
-from medaug.mvmae.model import MVMAE
-from medaug.mvmae.schedule import beta_at
 from torch import Tensor, nn
 
 from medaug.config import Config
 from medaug.data.augment import MEAN as EVAL_MEAN
 from medaug.data.augment import STD as EVAL_STD
 from medaug.methods import Method
+from medaug.mvmae.augment import MEAN, STD, augment_views
+from medaug.mvmae.config import check_mvmae, vit_dims
+from medaug.mvmae.encoder import MaskedViT
+from medaug.mvmae.model import MVMAE
+from medaug.mvmae.schedule import beta_at
 
 if TYPE_CHECKING:
     from medaug.engine.data import PreparedData

@@ -123,8 +123,8 @@ class Criterion:
         return out
 
     @property
-    def label(self) -> str:
-        """A readable one-line name: the preset's name when the rules are one, plus options."""
+    def title(self) -> str:
+        """A readable one-line name (see :func:`criterion_label`)."""
         return criterion_label(self)
 
 
@@ -220,7 +220,7 @@ def check_columns(criterion: Criterion, available: tuple[str, ...] | list[str], 
     missing = [c for c in criterion.columns if c not in available]
     if missing:
         raise MedaugError(
-            f"criterion {criterion.label!r} reads unknown column(s) {', '.join(missing)}; "
+            f"criterion {criterion.title!r} reads unknown column(s) {', '.join(missing)}; "
             f"{what} has: {', '.join(available)}"
         )
 

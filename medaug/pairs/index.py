@@ -201,7 +201,7 @@ def _pair_sets(
     total = int(cum[-1])
     if total > MAX_CANDIDATES:
         raise MedaugError(
-            f"criterion {crit.label!r} compares {total:,} candidate pairs (groups of up to "
+            f"criterion {crit.title!r} compares {total:,} candidate pairs (groups of up to "
             f"{int(sizes.max()):,} images): add a narrower column to 'same' (e.g. patient_id)"
         )
     # Chunks of consecutive anchor rows of about CHUNK_PAIRS candidates each.
@@ -342,7 +342,7 @@ def build_pair_index(
     if labelled is not None:
         if label is None:
             raise MedaugError(
-                f"criterion {labelled.label!r} compares downstream labels: give the observation "
+                f"criterion {labelled.title!r} compares downstream labels: give the observation "
                 "(--label / data.target)"
             )
         classes = pairing_labels(table, label, uncertain)
@@ -376,11 +376,11 @@ def build_pair_index(
     if len(anchors) == 0:
         why = ": every set is empty once the image itself is removed" if keep.any() else ""
         raise MedaugError(
-            f"criterion {crit.label!r}{options} leaves no anchors among the {tab.n} images{why}"
+            f"criterion {crit.title!r}{options} leaves no anchors among the {tab.n} images{why}"
         )
     if empty[anchors].all():
         raise MedaugError(
-            f"criterion {crit.label!r}{options} selects no image for any of the "
+            f"criterion {crit.title!r}{options} selects no image for any of the "
             f"{len(anchors)} anchors (every set is empty)"
         )
     # Only the anchors' sets are left in `partners` (the others have count 0), in row order;
@@ -396,7 +396,7 @@ def build_pair_index(
     indices[new_first[fallback]] = anchors[fallback]
     indptr = np.zeros(len(anchors) + 1, dtype=np.int64)
     np.cumsum(sizes, out=indptr[1:])
-    restrictions = [c.label for c in (crit.anchors_with, restrict) if c is not None]
+    restrictions = [c.title for c in (crit.anchors_with, restrict) if c is not None]
     return PairIndex(
         anchors=anchors,
         indptr=indptr,
@@ -404,9 +404,9 @@ def build_pair_index(
         fallback=fallback,
         n_skipped=int(tab.n - len(anchors)),
         n_rows=tab.n,
-        criterion=crit.label,
+        criterion=crit.title,
         distinct_only=distinct_only,
-        size_match=ref.label if ref is not None else None,
+        size_match=ref.title if ref is not None else None,
         label=label,
         uncertain=uncertain,
         seed=seed,
@@ -422,7 +422,7 @@ def _options_text(distinct_only: bool, ref: Criterion | None, restrict: Criterio
     if distinct_only:
         parts.append("distinct images only")
     if ref is not None:
-        parts.append(f"sets size-matched to {ref.label!r}")
+        parts.append(f"sets size-matched to {ref.title!r}")
     if restrict is not None:
-        parts.append(f"anchors with a partner under {restrict.label!r}")
+        parts.append(f"anchors with a partner under {restrict.title!r}")
     return " with " + " and ".join(parts) if parts else ""

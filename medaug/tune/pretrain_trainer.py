@@ -61,6 +61,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
     from medaug.engine.pretrain import pretrain
+    from medaug.eval.monitor import KnnMonitor
 
     cfg = build_config(config["cfg"])
     out_dir = Path(config["out_dir"])
@@ -91,11 +92,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     restored = None if config.get("local") else ray.train.get_checkpoint()
     if restored is None:
-        pretrain(cfg, out_dir, report, resume=True, progress=config["progress"])
+        pretrain(cfg, out_dir, report, resume=True, progress=config["progress"],
+                 monitor=KnnMonitor)
     else:
         with restored.as_directory() as folder:
             pretrain(cfg, out_dir, report, resume=True, resume_from=folder,
-                     progress=config["progress"])
+                     progress=config["progress"], monitor=KnnMonitor)
 
 
 def _in_tune_session() -> bool:

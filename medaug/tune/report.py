@@ -316,6 +316,8 @@ def _options(params: dict[str, str]) -> str:
         out.append(f"size-matched to {params['size_match']}")
     if params.get("distinct_only") == "True":
         out.append("distinct images only")
+    if params.get("anchors_with") not in (None, "None", ""):
+        out.append(f"anchors with a partner under {params['anchors_with']}")
     if params.get("negatives") == "reweighted" and params.get("reweight_t"):
         out.append(f"t = {params['reweight_t']}")
     return "; ".join(out)

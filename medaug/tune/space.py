@@ -205,7 +205,8 @@ class SweepConfig:
         if params.get(VARIANT) is not None:
             dotted.update(self.variant(params[VARIANT]).overrides)
         dotted.update({k: v for k, v in params.items() if k not in (VARIANT, REPEAT, BASELINE)})
-        for key, value in dotted.items():
+        # Shallow keys first: a criterion's name is set before the keys varied inside it.
+        for key, value in sorted(dotted.items(), key=lambda kv: kv[0].count(".")):
             _deep_set(settings, key.split("."), value)
         if params.get(REPEAT):
             settings["seed"] = int(settings.get("seed", 0)) + int(params[REPEAT])
@@ -734,10 +735,17 @@ def _deep_set(d: dict[str, Any], keys: list[str], value: Any) -> None:
     node = d
     for k in keys[:-1]:
         nxt = node.get(k)
-        if not isinstance(nxt, dict):
+        if isinstance(nxt, str) and k in _CRITERION_KEYS:
+            # A key inside a named criterion (pretrain.criterion.max_partners): the name
+            # becomes the preset of a declarative criterion.
+            nxt = node[k] = {"preset": nxt}
+        elif not isinstance(nxt, dict):
             nxt = node[k] = {}
         node = nxt
     node[keys[-1]] = value
+
+
+_CRITERION_KEYS = frozenset({"criterion", "size_match", "anchors_with"})
 
 
 def _deep_has(d: dict[str, Any], keys: list[str]) -> bool:

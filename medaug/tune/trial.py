@@ -8,7 +8,9 @@ finds its work:
     config.yaml     the resolved config
     pretrain/       run_pretrain_ray's folder: checkpoints/, metrics.jsonl, summary.json
     eval/           evaluate's folder: results.json (per split, resumable), splits, roc.png
-    trial.json      written last: the trial is complete (its metrics, its MLflow run)
+    trial.json      written last: the trial is complete (its metrics, its MLflow run, and
+                    which sets selected the checkpoint and the probe epochs and which set
+                    was tested)
     error.txt       the traceback of the last failure, if any
 
 Rerunning a complete trial only makes sure its MLflow run holds the final metrics and
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.pairs import criterion_label, resolve_criterion
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
 from medaug.tune.tracking import (
     SUMMARY_PARAMS,
@@ -83,6 +86,10 @@ def trial_params(cfg: Config, spec: TrialSpec) -> dict[str, Any]:
     params: dict[str, Any] = dict(flat)
     for name, key in SUMMARY_PARAMS.items():
         params[name] = flat.get(key)
+    if not spec.baseline:  # criteria by their readable names (a grammar mapping is flattened)
+        for name in ("criterion", "size_match", "anchors_with"):
+            setting = getattr(cfg.pretrain, name)
+            params[name] = None if setting is None else criterion_label(resolve_criterion(setting))
     params["trial_key"] = spec.key
     if spec.params.get(VARIANT) is not None:
         params["variant"] = spec.params[VARIANT]
@@ -153,9 +160,10 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
                 tracker.log_metrics(run_id, missing)
             tracker.end_trial(run_id, "FINISHED")
             return metrics
-        metrics = _run_stages(spec, cfg, folder, tracker, run_id, ctx)
+        sets: dict[str, Any] = {}
+        metrics = _run_stages(spec, cfg, folder, tracker, run_id, ctx, sets)
         tracker.end_trial(run_id, "FINISHED")
-        _write_json(done_path, {"key": spec.key, "run_id": run_id, "metrics": metrics})
+        _write_json(done_path, {"key": spec.key, "run_id": run_id, "metrics": metrics, **sets})
         (folder / ERROR_FILE).unlink(missing_ok=True)
         return metrics
     except BaseException as err:
@@ -170,8 +178,11 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
 
 
 def _run_stages(
-    spec: TrialSpec, cfg: Config, folder: Path, tracker: Tracker, run_id: str, ctx: SweepContext
+    spec: TrialSpec, cfg: Config, folder: Path, tracker: Tracker, run_id: str, ctx: SweepContext,
+    sets: dict[str, Any],
 ) -> dict[str, Any]:
+    """Pretraining and evaluation; fills ``sets`` with the record of which set selected the
+    checkpoint and the probe epochs and which set was tested (see :func:`_sets_record`)."""
     from medaug.eval.evaluate import evaluate
     from medaug.tune.finetune_trainer import run_finetune_ray
 
@@ -200,6 +211,8 @@ def _run_stages(
     metrics.update(result_metrics(results, target))
     tracker.log_metrics(run_id, metrics)
     tracker.log_datasets(run_id, _inputs(cfg, results))
+    sets.update(_sets_record(results))
+    tracker.set_tags(run_id, {f"{k}_set": _set_text(v) for k, v in sets.items()})
 
     tracker.log_artifact(run_id, folder / "config.yaml")
     tracker.log_artifact(run_id, eval_dir / "results.json")
@@ -212,6 +225,25 @@ def _run_stages(
         if ctx.log_checkpoint:
             tracker.log_artifact(run_id, checkpoint, "checkpoint")
     return metrics
+
+
+def _sets_record(results: dict[str, Any]) -> dict[str, Any]:
+    """``{"checkpoint_selection", "selection", "test"}``: the sets (name, rows, patients)
+    that picked the pretraining checkpoint, that picked the evaluation's epochs, and that
+    the reported AUCs were computed on."""
+    pretraining = results.get("pretraining") or {}
+    return {
+        "checkpoint_selection": pretraining.get("selection"),
+        "selection": results.get("selection"),
+        "test": results.get("test"),
+    }
+
+
+def _set_text(entry: dict[str, Any] | None) -> str:
+    """One line for an MLflow tag: ``train slice: 1200 images, 310 patients``."""
+    if not entry:
+        return "none"
+    return f"{entry['name']}: {entry['rows']} images, {entry['patients']} patients"
 
 
 def _tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

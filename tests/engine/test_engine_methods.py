@@ -10,6 +10,7 @@ from medaug.engine.checkpoint import load_backbone, load_state
 from medaug.engine.data import prepare_data
 from medaug.engine.pretrain import pretrain
 from medaug.errors import MedaugError
+from medaug.eval.monitor import KnnMonitor
 from medaug.methods import _METHODS, Method, get_method, register_method
 from medaug.models.backbones import build_backbone
 
@@ -58,6 +59,33 @@ def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path
         counts[keep] = (stats["n_neg_own"], stats["n_neg_own_queries"])
     assert counts[False] == counts[True] == (8, 8)
     assert losses[False] != losses[True]
+
+
+def test_hard_negatives_by_sex_group_queries_and_keys_by_sex(tiny_config, tmp_path):
+    """pretrain.hard_negatives_by=sex: the queue keeps the key images' sex beside their
+    laterality, and a query whose sex has no key in the queue falls back (same_lat_only)."""
+    cfg = tiny_config("pretrain.hard_negatives_by=sex", "pretrain.negatives=same_lat_only")
+    data = prepare_data(cfg, tmp_path, progress=False)
+    sex = data.table["sex"].to_numpy()
+    males = [r for r in data.train if sex[r] == "Male"]
+    females = [r for r in data.train if sex[r] == "Female"]
+    assert len(males) >= 12 and len(females) >= 4
+    method = get_method("moco")(cfg, data, torch.device("cpu"), torch.Generator().manual_seed(0))
+    queue = method.queue
+
+    def step(rows_a, rows_b):
+        loss, stats = method.step(method.module, rows_a, rows_b)
+        method.after_step()
+        return loss, stats
+
+    keys_rows = np.array(males[:8])
+    step(keys_rows, keys_rows)  # only the keys (partners) enter the queue
+    assert queue.group[:8].tolist() == [0] * 8  # Male (the laterality stays in view)
+    assert queue.view[:8].tolist() == data.view[keys_rows].tolist()
+    # Four male and four female queries, none of an image in the queue: the female ones
+    # have no key of their sex.
+    _, stats = step(np.array(males[8:12] + females[:4]), np.array(males[:8]))
+    assert stats["n_neg_fallback"] == 4 and stats["n_neg_own"] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,9 +148,9 @@ def test_a_second_method_trains_checkpoints_resumes_exactly_and_is_evaluated(
     from medaug.eval.evaluate import evaluate
 
     overrides = ("pretrain.method=toy", "pretrain.criterion=patient_all_studies")
-    straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False)
-    pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False)
-    resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False)
+    straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False, monitor=KnnMonitor)
+    pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False, monitor=KnnMonitor)
+    resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False, monitor=KnnMonitor)
 
     a = load_state(tmp_path / "a" / "checkpoints" / "epoch_0002")
     b = load_state(tmp_path / "b" / "checkpoints" / "epoch_0002")
@@ -148,11 +176,11 @@ def test_a_second_method_trains_checkpoints_resumes_exactly_and_is_evaluated(
 
 def test_a_checkpoint_of_another_method_is_not_resumed(toy_registered, tiny_config, tmp_path):
     pretrain(tiny_config("pretrain.method=toy", "pretrain.epochs=1", "pretrain.knn_every=0"),
-             tmp_path, progress=False)
+             tmp_path, progress=False, monitor=KnnMonitor)
     with pytest.raises(MedaugError, match="written by method 'toy'.*not by pretraining method "
                                           "'moco'"):
         pretrain(tiny_config("pretrain.epochs=2", "pretrain.knn_every=0"), tmp_path,
-                 progress=False)
+                 progress=False, monitor=KnnMonitor)
 
 
 def test_unknown_method_is_a_user_error(tiny_config):

@@ -10,8 +10,9 @@ import torch
 from medaug.config import build_config
 from medaug.engine.checkpoint import best_checkpoint, load_backbone, load_state
 from medaug.engine.data import pair_index, prepare_data
-from medaug.engine.pretrain import KnnMonitor, check_pretrain, pretrain
+from medaug.engine.pretrain import check_pretrain, pretrain
 from medaug.errors import MedaugError
+from medaug.eval.monitor import KnnMonitor
 from medaug.methods import get_method
 
 
@@ -25,7 +26,7 @@ def tiny_run(tiny_config, tmp_path_factory):
     """One 2-epoch run shared by the tests that only read its outputs."""
     out = tmp_path_factory.mktemp("tiny_run")
     calls = []
-    summary = pretrain(tiny_config(), out, lambda m, d: calls.append((m, d)), progress=False)
+    summary = pretrain(tiny_config(), out, lambda m, d: calls.append((m, d)), progress=False, monitor=KnnMonitor)
     return out, summary, calls
 
 
@@ -74,9 +75,9 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
 def test_resume_continues_exactly(tiny_config, tmp_path):
     """Two epochs straight == one epoch, then a fresh call resuming for the second."""
     overrides = ("pretrain.negatives=synthetic", "pretrain.crop_scale=0.8")
-    straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False)
-    pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False)
-    resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False)
+    straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False, monitor=KnnMonitor)
+    pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False, monitor=KnnMonitor)
+    resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False, monitor=KnnMonitor)
 
     a = load_state(tmp_path / "a" / "checkpoints" / "epoch_0002")
     b = load_state(tmp_path / "b" / "checkpoints" / "epoch_0002")
@@ -101,8 +102,8 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
 
 def test_resume_false_starts_over(tiny_config, tmp_path):
     cfg = tiny_config("pretrain.epochs=1", "pretrain.knn_every=0")
-    pretrain(cfg, tmp_path, progress=False)
-    summary = pretrain(cfg, tmp_path, resume=False, progress=False)
+    pretrain(cfg, tmp_path, progress=False, monitor=KnnMonitor)
+    summary = pretrain(cfg, tmp_path, resume=False, progress=False, monitor=KnnMonitor)
     events = [json.loads(x)["event"] for x in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events == ["start", "end"]
     # Without a monitor the last checkpoint is the best one.
@@ -122,7 +123,7 @@ def test_fallback_pairs_are_counted(tiny_config, tmp_path):
         "pretrain.bn_groups=1", f"pretrain.queue_size={batch * 2}", "pretrain.epochs=1",
         "pretrain.max_steps_per_epoch=null", "pretrain.knn_every=0",
     )
-    summary = pretrain(cfg, tmp_path, progress=False)
+    summary = pretrain(cfg, tmp_path, progress=False, monitor=KnnMonitor)
     table = data.table.iloc[data.train]
     studies = table.groupby("patient_id")["study_id"].nunique()
     expected = int((table["patient_id"].map(studies) == 1).sum())  # no other study to pair
@@ -178,14 +179,14 @@ def test_bad_configs_fail_before_training(tiny_config, tmp_path, override, messa
     with pytest.raises(MedaugError, match=message):
         cfg = tiny_config(override)
         check_pretrain(cfg)
-        pretrain(cfg, tmp_path / "run", progress=False)
+        pretrain(cfg, tmp_path / "run", progress=False, monitor=KnnMonitor)
     assert not (tmp_path / "run").exists()
 
 
 def test_too_few_anchors_for_a_batch_is_a_user_error(tiny_config, tmp_path):
     with pytest.raises(MedaugError, match="fewer than one global batch"):
         pretrain(tiny_config("pretrain.batch_size=512", "pretrain.queue_size=1024"), tmp_path,
-                 progress=False)
+                 progress=False, monitor=KnnMonitor)
 
 
 def test_pair_index_covers_the_training_rows(tiny_config, tmp_path):
@@ -226,7 +227,7 @@ def test_anchor_restriction_limits_the_anchors_drawn(tiny_config, tmp_path, monk
         return real_step(self, net, rows_a, rows_b)
 
     monkeypatch.setattr(moco, "step", recording_step)
-    pretrain(cfg, tmp_path / "run", progress=False)
+    pretrain(cfg, tmp_path / "run", progress=False, monitor=KnnMonitor)
     table = prepare_data(cfg, tmp_path / "run", progress=False).table
     both = table.groupby("study_id")["view"].agg(lambda v: {"frontal", "lateral"} <= set(v))
     kept = set(np.flatnonzero(table["study_id"].map(both).to_numpy() & (table["split"] == "train")))
@@ -235,3 +236,44 @@ def test_anchor_restriction_limits_the_anchors_drawn(tiny_config, tmp_path, monk
     # single-view studies would be among them.
     assert len(seen) >= 2 and len(queries) > len(kept) - cfg.pretrain.batch_size * 2
     assert set(queries.tolist()) <= kept and len(set(queries.tolist())) == len(queries)
+
+
+def test_declarative_criterion_with_one_partner_per_anchor(tiny_config, tmp_path, monkeypatch):
+    """max_partners = 1 (distinct images only): each anchor pairs with one other image of its
+    patient, the same one in every epoch."""
+    cfg = tiny_config(
+        "pretrain.criterion={preset: patient_all_studies, max_partners: 1}",
+        "pretrain.distinct_only=true",
+        "pretrain.max_steps_per_epoch=5",
+        "pretrain.knn_every=0",
+    )
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    moco = get_method("moco")
+    real_step = moco.step
+
+    def recording_step(self, net, rows_a, rows_b):
+        pairs.append((np.asarray(rows_a).copy(), np.asarray(rows_b).copy()))
+        return real_step(self, net, rows_a, rows_b)
+
+    monkeypatch.setattr(moco, "step", recording_step)
+    pretrain(cfg, tmp_path / "run", progress=False, monitor=KnnMonitor)
+    table = prepare_data(cfg, tmp_path / "run", progress=False).table
+    partner: dict[int, int] = {}
+    for rows_q, rows_k in pairs:
+        for q, k in zip(rows_q.tolist(), rows_k.tolist()):
+            assert q != k and table.at[q, "patient_id"] == table.at[k, "patient_id"]
+            assert partner.setdefault(q, k) == k
+    assert len(pairs) >= 4 and len(partner) < sum(len(q) for q, _ in pairs)  # anchors recur
+
+
+def test_resume_restores_the_metrics_line_a_kill_cut_off(tiny_config, tmp_path):
+    """Killed after an epoch's checkpoint but before its metrics line: resuming restores that
+    line from the checkpoint, so the curve has every epoch once."""
+    cfg1 = tiny_config("pretrain.epochs=1", "pretrain.knn_every=0")
+    pretrain(cfg1, tmp_path, progress=False)
+    (tmp_path / "metrics.jsonl").write_text("")  # the append never happened
+    summary = pretrain(tiny_config("pretrain.knn_every=0"), tmp_path, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert [m["epoch"] for m in summary["history"]] == [1, 2]
+    assert lines[0]["loss"] == load_state(tmp_path / "checkpoints" / "epoch_0001")["metrics"]["loss"]

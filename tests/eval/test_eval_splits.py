@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 from eval_tables import make_table
 
+from medaug.config import build_config, config_to_dict
 from medaug.data.schema import label_values
-from medaug.errors import MedaugError
-from medaug.eval.splits import (
+from medaug.data.splits import (
     evaluation_partitions,
     label_fraction_splits,
     load_splits,
     save_splits,
     splits_for,
 )
+from medaug.engine.data import partition_settings, partitions_for
+from medaug.errors import MedaugError
 
 
 def _both_classes(table, rows, obs="Pleural Effusion"):
@@ -93,6 +95,61 @@ def test_partitions_official_splits():
     parts = evaluation_partitions(t, "mimic")
     assert [set(t["split"].iloc[parts[k]]) for k in ("pool", "select", "test")] == [
         {"train"}, {"valid"}, {"test"}]
+
+
+@pytest.mark.parametrize(
+    "dataset, splits, select_from, test_from",
+    [
+        ("chexpert", {"train": 0.8, "valid": 0.2}, "train", "valid"),  # valid is the test set
+        ("chexpert", {"train": 0.7, "valid": 0.15, "test": 0.15}, "valid", "test"),  # phantom
+        ("nih", {"train": 0.8, "test": 0.2}, "train", "test"),  # no valid split
+        ("mimic", {"train": 0.7, "valid": 0.15, "test": 0.15}, "valid", "test"),
+        ("csv", {"train": 1.0}, "train", "train"),  # test held out of train
+    ],
+)
+def test_selection_is_patient_disjoint_from_test(dataset, splits, select_from, test_from):
+    t = make_table(150, seed=5, splits=splits)
+    parts = evaluation_partitions(t, dataset, targets="Pleural Effusion", seed=2)
+    split = t["split"].to_numpy()
+    patients = t["patient_id"].to_numpy()
+    assert set(split[parts["select"]]) == {select_from}
+    assert set(split[parts["test"]]) == {test_from}
+    if test_from != "train":  # an official split is the test set, whole
+        assert np.array_equal(np.sort(parts["test"]), np.flatnonzero(split == test_from))
+    if select_from != "train":
+        assert np.array_equal(np.sort(parts["select"]), np.flatnonzero(split == select_from))
+    # Brute force over patients: no patient in two sets; every row in exactly one set.
+    owner: dict[str, str] = {}
+    for name in ("pool", "select", "test"):
+        for p in patients[parts[name]]:
+            assert owner.setdefault(p, name) == name, f"{p} in {owner[p]} and {name}"
+    assert sorted(np.concatenate([parts[k] for k in ("pool", "select", "test")])) == list(
+        range(len(t)))
+    assert min(_both_classes(t, parts["select"])) >= 1
+    record = parts.describe(t)
+    for key, name in (("selection", "select"), ("test", "test")):
+        assert record[key]["rows"] == len(parts[name])
+        assert record[key]["patients"] == len(set(patients[parts[name]]))
+    assert record["selection"]["name"] == ("valid" if select_from == "valid" else "train slice")
+    assert record["test"]["name"] == {"valid": "valid", "test": "test"}.get(
+        test_from, "train held out")
+    assert not parts["select"].flags.writeable  # shared by every stage, never edited
+
+
+def test_partitions_for_a_config_and_its_saved_copy_agree():
+    t = make_table(150, seed=6, splits={"train": 0.85, "valid": 0.15})
+    cfg = build_config({"data": {"target": "Edema"},
+                        "eval": {"split_seed": 3, "select_fraction": 0.2}})
+    parts = partitions_for(t, cfg)
+    saved = partitions_for(t, config_to_dict(cfg))
+    assert all(np.array_equal(parts[k], saved[k]) for k in parts)
+    # The selection slice also holds both classes of the monitor's target (Edema).
+    assert min(_both_classes(t, parts["select"], "Edema")) >= 1
+    assert partition_settings(cfg)["targets"] == ["Pleural Effusion", "Edema"]
+    # A checkpoint saved before a setting existed takes its default.
+    old = config_to_dict(cfg)
+    del old["eval"]["select_max_images"]
+    assert partition_settings(old) == partition_settings(cfg)
 
 
 def test_partitions_reject_patient_in_train_and_test():

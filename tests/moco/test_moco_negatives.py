@@ -1,4 +1,5 @@
-"""The five negative strategies against loop-by-loop reimplementations of eq. (1), (5), (6).
+"""The five negative strategies against loop-by-loop reimplementations of eq. (1), (5), (6),
+with laterality as the hard-negative group and with the images' sex in its place.
 
 The references run in float64, one query and one key at a time, and recompute every random
 choice of the appended and synthetic strategies themselves: the same seeded generator,
@@ -9,17 +10,19 @@ synthetic keys three N x m' float64 uniforms for i, j' and u).
 import math
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from medaug.data.groups import group_codes
 from medaug.errors import MedaugError
 from medaug.moco.negatives import (
     check_strategy,
     contrastive_loss,
     list_strategies,
     mix_pairs,
-    sample_same_laterality,
+    sample_same_group,
 )
 from medaug.moco.queue import KeyQueue
 
@@ -54,15 +57,45 @@ def _setup():
     image[view < 0] = -1
     for slot, img in ((0, 100), (8, 100), (5, 100), (6, 101), (9, 102), (13, 105)):
         image[slot] = img
+    q_view = torch.tensor([0, 1, 2, 0, 1, 0, 2])
     return SimpleNamespace(
         q=_unit(n, c, seed=1),
         pos=_unit(n, c, seed=2),
         keys=_unit(k, c, seed=3),
         view=view,
         image=image,
-        q_view=torch.tensor([0, 1, 2, 0, 1, 0, 2]),
+        q_view=q_view,
         q_image=torch.arange(100, 100 + n),
+        # What the references compare: the raw group of each slot's and each query's image.
+        key_group=view.tolist(),
+        query_group=q_view.tolist(),
     )
+
+
+# The sex of every image of the setup: queries 100..106, and image 200 + j of slot j
+# (Female when j % 3 == 0); the slots holding a query's own image take its sex.  Only image
+# 102 (query 2, and slot 9) has no sex: its group, "missing", holds no other key.
+QUERY_SEX = ["Male", "Female", None, "Male", "Female", "Female", "Male"]
+
+
+def _sex_setup():
+    """The same queries and queue, with the images' sex in place of laterality: the group
+    codes come from a metadata table through ``group_codes(table, "sex")``."""
+    s = _setup()
+    sex = {100 + i: x for i, x in enumerate(QUERY_SEX)}
+    sex.update({200 + j: ("Female" if j % 3 == 0 else "Male") for j in range(len(s.keys))})
+    table = pd.DataFrame({"image": list(sex), "sex": list(sex.values())})
+    codes, names = group_codes(table, "sex")
+    assert names == ("Male", "Female", "missing")
+    code = dict(zip(table["image"], codes.tolist()))
+    s.view = torch.tensor([code[int(i)] if int(i) >= 0 else -1 for i in s.image])
+    s.q_view = torch.tensor([code[int(i)] for i in s.q_image])
+    s.key_group = [sex[int(i)] if int(i) >= 0 else "empty" for i in s.image]
+    s.query_group = QUERY_SEX
+    return s
+
+
+SETUPS = {"laterality": _setup, "sex": _sex_setup}
 
 
 @pytest.fixture
@@ -105,7 +138,8 @@ def _filled(s, i, exclude):
 
 
 def _same(s, i, exclude):
-    return [j for j in _filled(s, i, exclude) if int(s.view[j]) == int(s.q_view[i])]
+    """Filled slots whose key image is in query i's group (missing sex == missing sex)."""
+    return [j for j in _filled(s, i, exclude) if s.key_group[j] == s.query_group[i]]
 
 
 def ref_default(s, exclude, **_):
@@ -226,6 +260,29 @@ def test_loss_matches_loop_reference(s, strategy, t, mode, m):
     assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.parametrize("strategy", list_strategies())
+@pytest.mark.parametrize("mode", ["exclude", "keep"])
+@pytest.mark.parametrize("t", [0.1, 0.9])
+def test_sex_in_place_of_laterality_matches_loop_reference(strategy, mode, t):
+    """Every strategy with the images' sex as the hard-negative group, against the same
+    loop references comparing the sex values themselves."""
+    s = _sex_setup()
+    loss, stats = _loss(s, strategy, mode, t=t, m=8)
+    expected = REFERENCES[strategy](s, exclude=mode == "exclude", t=t, m=8)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    if strategy != "default":
+        # Query 2 has no sex, and no other image without one is in the queue.
+        assert stats["n_fallback"] == (1 if mode == "exclude" else 0)
+
+
+def test_sex_and_laterality_give_different_losses():
+    """The grouping matters: the same queue grouped by sex is another set of hard negatives."""
+    for strategy in ("same_lat_only", "reweighted", "appended"):
+        by_view, _ = _loss(_setup(), strategy, m=8)
+        by_sex, _ = _loss(_sex_setup(), strategy, m=8)
+        assert abs(by_view.item() - by_sex.item()) > 1e-4
+
+
 def test_references_can_fail(s):
     """The references see what they check: a draw from another seed, or a synthetic key
     mixing a sample with itself, or a kept own-image key, moves the loss."""
@@ -244,11 +301,13 @@ def test_references_can_fail(s):
     assert abs(sum(rows) / len(rows) - loss.item()) > 1e-4
 
 
+@pytest.mark.parametrize("setup", list(SETUPS))
 @pytest.mark.parametrize("strategy", list_strategies())
-def test_no_key_of_the_query_image_survives_among_the_negatives(s, strategy):
+def test_no_key_of_the_query_image_survives_among_the_negatives(setup, strategy):
     """Every strategy: moving the keys of a query's own image to the query itself (the
     hardest possible negative) leaves that query's loss unchanged, and the weight of
     every own-image slot is zero; with the switch, the same move changes it."""
+    s = SETUPS[setup]()
     _, stats = _loss(s, strategy, m=16, debug=True)
     before = _row_losses(stats)
     k = len(s.keys)
@@ -264,7 +323,7 @@ def test_no_key_of_the_query_image_survives_among_the_negatives(s, strategy):
         slots = own[i].nonzero()[:, 0]
         if len(slots) == 0:
             continue
-        moved = _setup()
+        moved = SETUPS[setup]()
         moved.keys[slots] = s.q[i]
         _, after = _loss(moved, strategy, m=16, debug=True)
         assert _row_losses(after)[i].item() == pytest.approx(before[i].item(), abs=1e-9)
@@ -413,7 +472,7 @@ def test_reweighted_gives_same_laterality_a_share_t(s):
 def test_sampling_is_uniform_over_eligible_slots():
     same = torch.zeros(4000, 10, dtype=torch.bool)
     same[:, [1, 3, 4, 8]] = True
-    index, valid = sample_same_laterality(same, 2, torch.Generator().manual_seed(0))
+    index, valid = sample_same_group(same, 2, torch.Generator().manual_seed(0))
     assert valid.all()
     counts = torch.bincount(index.flatten(), minlength=10).double() / 4000
     assert counts[[0, 2, 5, 6, 7, 9]].sum() == 0
@@ -430,10 +489,13 @@ def test_generator_makes_sampling_reproducible(s):
     assert a.item() != c.item()
 
 
-def test_keyqueue_and_tensors_give_the_same_loss(s):
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_keyqueue_and_tensors_give_the_same_loss(setup):
+    """A KeyQueue compares its ``group`` buffer (not ``view``)."""
+    s = SETUPS[setup]()
     queue = KeyQueue(len(s.keys), s.keys.shape[1])
     queue.keys.copy_(s.keys)
-    queue.view.copy_(s.view)
+    queue.group.copy_(s.view)
     queue.image.copy_(s.image)
     for strategy in list_strategies():
         a, _ = contrastive_loss(s.q, s.pos, queue, s.q_view, strategy, T, q_image=s.q_image,

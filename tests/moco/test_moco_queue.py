@@ -58,7 +58,31 @@ def test_state_dict_round_trip_carries_keys_metadata_and_pointer():
     restored.load_state_dict(queue.state_dict())
     for name in ("keys", "view", "patient", "study", "image", "ptr"):
         assert torch.equal(getattr(restored, name), getattr(queue, name)), name
-    assert set(queue.state_dict()) == {"keys", "view", "patient", "study", "image", "ptr"}
+    assert set(queue.state_dict()) == {"keys", "view", "patient", "study", "image", "group", "ptr"}
+
+
+def test_group_defaults_to_the_laterality_and_takes_any_codes():
+    queue = KeyQueue(8, 4)
+    assert (queue.group == -1).all()
+    keys, view, patient, study, image = _batch(0, 4)
+    queue.enqueue(keys, view, patient, study, image)
+    assert queue.group[:4].tolist() == view.tolist()  # by default, the laterality
+    sex = torch.tensor([1, 0, 2, 1])  # e.g. Female, Male, missing, Female
+    queue.enqueue(*_batch(4, 4), sex)
+    assert queue.group.tolist() == view.tolist() + [1, 0, 2, 1]
+    assert queue.view[4:].tolist() == _batch(4, 4)[1].tolist()  # laterality kept beside it
+    with pytest.raises(ValueError, match="group codes must be >= 0"):
+        queue.enqueue(*_batch(0, 4), torch.tensor([0, -1, 0, 0]))
+
+
+def test_a_queue_saved_without_groups_groups_by_laterality():
+    queue = KeyQueue(8, 4)
+    queue.enqueue(*_batch(0, 4))
+    state = {k: v for k, v in queue.state_dict().items() if k != "group"}
+    restored = KeyQueue(8, 4)
+    restored.load_state_dict(state)
+    assert restored.group.tolist() == queue.view.tolist()
+    assert restored.group.dtype == torch.int64
 
 
 def test_view_codes_follow_the_schema():

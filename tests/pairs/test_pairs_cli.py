@@ -230,3 +230,29 @@ def test_pairs_imports_no_heavy_modules(csv, tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert "HEAVY [] 0" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "criterion, message",
+    [
+        ("{same: [view], distinct: [view]}", "column(s) view cannot be both 'same' and 'distinct'"),
+        ("{same: [patient_id], within: {study_dayz: 3}}", "reads unknown column(s) study_dayz"),
+        ("{same: [patient_id], max_partners: 0}", "max_partners must be at least 1"),
+        ("{preset: patient_same_studdy}", "unknown pair criterion 'patient_same_studdy'"),
+    ],
+)
+def test_bad_criterion_in_every_command(csv, tmp_path, capsys, criterion, message):
+    """The same one-line error, exit status 2, before any work, wherever a criterion goes."""
+    commands = {
+        "pairs": ["pairs", "--csv", str(csv), "--criterion-yaml", criterion],
+        "pretrain": ["pretrain", "--set", f"pretrain.criterion={criterion}",
+                     "--set", f"data.csv={csv}", "--output", str(tmp_path / "run")],
+        "sweep": ["sweep", "--config", "table6", "--smoke", "--output", str(tmp_path / "sweep"),
+                  "--dry-run", "--set", f"pretrain.criterion={criterion}"],
+    }
+    for name, argv in commands.items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and err.startswith(f"medaug {name}: error:"), (name, err)
+        assert err.count("\n") == 1, (name, err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()

@@ -52,6 +52,7 @@ COUNTS = [
     ("table5", 2, []),
     ("table6", 6, []),
     ("full", 7 * 2 * 5, ["imagenet", "random"]),
+    ("max_partners", 5, []),
 ]
 
 
@@ -133,6 +134,80 @@ def test_table6_and_full_cover_the_registries(weights):
         if not t.baseline
     }
     assert full == set(itertools.product(list_criteria(), [None, 0.95], list_strategies()))
+
+
+def test_max_partners_sweeps_vary_the_cap_of_one_criterion(weights):
+    from medaug.pairs import resolve_criterion
+
+    for sweep, caps in (
+        (_sweep("max_partners", weights), [1, 2, 4, 8, None]),
+        (load_sweep("max_partners_phantom", output="/tmp/mp-out"), [1, 2, 4, None]),
+    ):
+        got = []
+        for t, c in _resolved(sweep):
+            if t.baseline:
+                continue
+            crit = resolve_criterion(c.pretrain.criterion)
+            assert crit.rules() == resolve_criterion("patient_all_studies")
+            assert c.pretrain.distinct_only
+            got.append(crit.max_partners)
+            assert t.label == f"max_partners={'none' if crit.max_partners is None else crit.max_partners}"
+        assert got == caps
+
+
+def test_trial_params_name_criteria_readably(weights):
+    """MLflow params and report rows name a declarative criterion in one readable line."""
+    from medaug.tune.report import _options
+    from medaug.tune.trial import trial_params
+
+    sweep = _sweep("max_partners", weights)
+    trial = sweep.grid_trials()[1]
+    params = trial_params(sweep.resolve(trial.params), trial)
+    assert params["criterion"] == "patient_all_studies max_partners=2"
+    assert params["pretrain.criterion.max_partners"] == 2  # the flattened keys stay too
+    table5 = _sweep("table5", weights)
+    trial = table5.grid_trials()[0]
+    params = trial_params(table5.resolve(trial.params), trial)
+    assert params["criterion"] == "patient_same_study_same_lat"
+    assert params["anchors_with"] == "patient_same_study_distinct_lat"
+    text = {k: str(v) for k, v in params.items()}
+    assert _options(text) == (
+        "size-matched to patient_same_study_distinct_lat; "
+        "anchors with a partner under patient_same_study_distinct_lat"
+    )
+
+
+def test_space_varies_keys_inside_a_criterion(weights):
+    """A grid over names and one over a key inside the criterion combine: the name becomes
+    the preset of a declarative criterion, whatever order the grids are written in."""
+    from medaug.pairs import resolve_criterion
+
+    sweep = _sweep(
+        "table1",
+        weights,
+        "space.pretrain.criterion.max_partners=[2, null]",
+        "space.pretrain.criterion.within.study_order=[1]",
+        "space.pretrain.crop_scale=[none]",
+        "space.pretrain.criterion=[patient_all_studies, patient_distinct_studies]",
+        "baselines=[]",
+    )
+    got = {}
+    for t, c in _resolved(sweep):
+        crit = resolve_criterion(c.pretrain.criterion)
+        got[t.label] = (crit.rules().same, crit.rules().distinct, crit.within, crit.max_partners)
+    within = (("study_order", 1.0),)
+    assert got == {
+        "criterion=patient_all_studies, crop_scale=none, max_partners=2, study_order=1":
+            (("patient_id",), (), within, 2),
+        "criterion=patient_all_studies, crop_scale=none, max_partners=none, study_order=1":
+            (("patient_id",), (), within, None),
+        "criterion=patient_distinct_studies, crop_scale=none, max_partners=2, study_order=1":
+            (("patient_id",), ("study_id",), within, 2),
+        "criterion=patient_distinct_studies, crop_scale=none, max_partners=none, study_order=1":
+            (("patient_id",), ("study_id",), within, None),
+    }
+    with pytest.raises(MedaugError, match="pretrain.criterion: unknown criterion key.*max_partner"):
+        _sweep("max_partners", weights, "space.pretrain.criterion.max_partner=[1]")
 
 
 def test_demo_is_a_real_comparison():

@@ -2,7 +2,11 @@
 
 ``evaluation_partitions`` cuts a table into the labelled *pool* the small training splits are
 drawn from, a *select*ion set for model selection, and the *test* set that is reported; the
-three are patient-disjoint.  ``label_fraction_splits`` draws the five 1% training splits from
+three are patient-disjoint.  It is the one definition of those sets: pretraining's kNN
+monitor (which picks the evaluated checkpoint) and every choice the evaluation makes score
+on the selection set, never on the test set (``medaug.engine.data.partitions_for`` applies
+a job's config).
+``label_fraction_splits`` draws the five 1% training splits from
 the pool (whole patients by default), each holding both classes of every target observation.
 The draws are saved as CSV and reloaded, so every trial of a sweep trains on the same draws
 and per-split AUCs can be compared pairwise.
@@ -11,7 +15,7 @@ and per-split AUCs can be compared pairwise.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +192,71 @@ def heldout_patients(
     return np.sort(rows[~held]), np.sort(rows[held])
 
 
+# Where each partition comes from, as recorded with every result.
+SOURCES: dict[str, str] = {
+    "valid": "the official validation split",
+    "test": "the official test split",
+    "train slice": "a seeded patient-disjoint slice of the train split",
+    "train held out": "a seeded patient-disjoint held-out part of the train split",
+}
+
+
+class Partitions(Mapping):
+    """Pool / selection / test row positions (a read-only mapping of those three names),
+    with where the selection and test rows come from (keys of :data:`SOURCES`).
+
+    Attributes:
+        pool: training rows the label-fraction splits (and the kNN memory bank) come from.
+        select: rows every choice of epoch, checkpoint or hyper-parameter is scored on.
+        test: rows whose AUC is reported; no choice ever looks at them.
+        select_source, test_source: e.g. "train slice" and "valid" on CheXpert.
+    """
+
+    NAMES = ("pool", "select", "test")
+
+    def __init__(self, pool: np.ndarray, select: np.ndarray, test: np.ndarray,
+                 select_source: str, test_source: str) -> None:
+        self._rows = {}
+        for name, rows in zip(self.NAMES, (pool, select, test), strict=True):
+            rows = np.array(rows, dtype=np.int64)
+            rows.setflags(write=False)  # shared by every stage: nobody edits them in place
+            self._rows[name] = rows
+        self.select_source, self.test_source = select_source, test_source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._rows[name]
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def pool(self) -> np.ndarray:
+        return self._rows["pool"]
+
+    @property
+    def select(self) -> np.ndarray:
+        return self._rows["select"]
+
+    @property
+    def test(self) -> np.ndarray:
+        return self._rows["test"]
+
+    def describe(self, table: pd.DataFrame) -> dict[str, dict]:
+        """``{"selection": {...}, "test": {...}}``, each with name, source, rows and patients:
+        the record of which set selected and which set was tested."""
+        patients = table["patient_id"].to_numpy()
+        out = {}
+        for key, name, source in (("selection", "select", self.select_source),
+                                  ("test", "test", self.test_source)):
+            rows = self._rows[name]
+            out[key] = {"name": source, "source": SOURCES[source], "rows": int(len(rows)),
+                        "patients": int(len(np.unique(patients[rows])))}
+        return out
+
+
 def evaluation_partitions(
     table: pd.DataFrame,
     dataset: str,
@@ -197,17 +266,19 @@ def evaluation_partitions(
     seed: int = 0,
     targets: str | Sequence[str] = (),
     uncertain: str = "ignore",
-) -> dict[str, np.ndarray]:
-    """Pool / selection / test row positions of the nested evaluation.
+) -> Partitions:
+    """Pool / selection / test row positions: the one definition used by pretraining's kNN
+    monitor and by the evaluation.
 
-    Test: the official "test" split when the table has one (MIMIC, NIH test list, the
+    Test: the official "test" split when the table has one (MIMIC, the NIH test list, the
     phantom's test.csv); else for CheXpert the official validation rows (its test labels are
     not public); else a seeded patient-disjoint ``heldout_fraction`` of the training rows.
-    Selection: the official "valid" rows when they are not already the test set; else a
-    seeded patient-disjoint slice of the training rows.  Pool: the remaining training rows.
+    Selection: the official "valid" rows when they are not already the test set (MIMIC's
+    validate split, the phantom's valid.csv); else a seeded patient-disjoint slice of the
+    training rows (CheXpert, NIH).  Pool: the remaining training rows.
 
     Raises:
-        MedaugError: when a patient would be in the pool (or selection set) and the test set.
+        MedaugError: when a patient would be in two of the partitions.
     """
     split = table["split"].to_numpy()
     train = np.flatnonzero(split == "train")
@@ -215,24 +286,28 @@ def evaluation_partitions(
     test = np.flatnonzero(split == "test")
     if len(train) == 0:
         raise MedaugError("the table has no 'train' rows to draw label splits from")
+    test_source = "test"
     if len(test) == 0 and dataset == "chexpert" and len(valid):
         test, valid = valid, np.array([], dtype=np.int64)
+        test_source = "valid"
     if len(test) == 0:
         train, test = heldout_patients(
             table, train, heldout_fraction, seed, targets, uncertain
         )
+        test_source = "train held out"
     if len(valid):
-        pool, select = train, valid
+        pool, select, select_source = train, valid, "valid"
     else:
         pool, select = heldout_patients(
             table, train, select_fraction, seed + 1, targets, uncertain, select_max_images
         )
-    parts = {"pool": pool, "select": select, "test": test}
+        select_source = "train slice"
+    parts = Partitions(pool, select, test, select_source, test_source)
     check_disjoint(table, parts)
     return parts
 
 
-def check_disjoint(table: pd.DataFrame, parts: dict[str, np.ndarray]) -> None:
+def check_disjoint(table: pd.DataFrame, parts: Mapping[str, np.ndarray]) -> None:
     """Raise unless no patient appears in two of the partitions (the MoCo-style sanity check
     of the evaluation: a test patient seen in training inflates the AUC)."""
     patients = table["patient_id"].to_numpy()
