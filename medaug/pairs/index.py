@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medaug.errors import MedaugError
-from medaug.pairs.criteria import Criterion, check_columns, resolve_criterion
+from medaug.pairs.criteria import Criterion, check_columns, derived_columns, resolve_criterion
 
 _UNCERTAIN = ("ignore", "zeros", "ones")
 # Candidate pairs (anchor, group member) enumerated per chunk, and at most in all: beyond
@@ -137,12 +137,20 @@ class _Table:
 
     def codes(self, column: str) -> np.ndarray:
         if column not in self._codes:
-            self._codes[column] = _codes(self.table[column])
+            if column in self.table.columns:
+                values = self.table[column]
+            else:  # a grouping computed from a column (age_band)
+                from medaug.data.groups import group_values
+
+                values = group_values(self.table, column)
+            self._codes[column] = _codes(values)
         return self._codes[column]
 
     def numbers(self, column: str) -> np.ndarray:
         """float64 values of a numeric column (NaN where missing) for ``within`` windows."""
         if column not in self._numbers:
+            if column not in self.table.columns:
+                raise MedaugError(f"within.{column} needs a numeric column of the table")
             values = self.table[column]
             if not (
                 pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
@@ -335,8 +343,9 @@ def build_pair_index(
     if len(table) == 0:
         raise MedaugError("cannot build positive pairs from an empty table")
     used = [c for c in (crit, ref, restrict) if c is not None]
+    columns = list(table.columns)
     for c in used:
-        check_columns(c, list(table.columns), "the table")
+        check_columns(c, [*columns, *derived_columns(columns)], "the table")
     labelled = next((c for c in used if c.needs_label), None)
     classes = None
     if labelled is not None:

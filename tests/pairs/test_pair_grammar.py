@@ -40,6 +40,8 @@ SPECS = [
     {"same": ["sex"]},
     {"same": ["sex"], "distinct": ["patient_id"], "within": {"age": 2}},
     {"same": "projection", "within": {"age": 0.5}, "label": "same"},
+    {"same": ["patient_id", "age_band"]},
+    {"same": ["sex", "age_band"], "distinct": ["patient_id"]},
 ]
 
 
@@ -219,6 +221,7 @@ def test_build_errors_are_one_line():
     cases = [
         ({"same": ["patient_id"], "within": {"study_dayz": 3}}, "unknown column(s) study_dayz"),
         ({"same": ["patient_id"], "within": {"view": 3}}, "within.view needs a numeric column"),
+        ({"same": ["patient_id"], "within": {"age_band": 1}}, "within.age_band needs a numeric"),
         ({"same": ["view"], "distinct": ["view"]}, "cannot be both 'same' and 'distinct'"),
         ({"same": ["patient_id"], "label": "same"}, "compares downstream labels"),
         ({"same": ["patient_id"], "bogus": 1}, "unknown criterion key"),
