@@ -2,8 +2,10 @@
 
 The default set runs one smoke sweep of two pretraining trials plus an ImageNet baseline
 whose weights file is broken, so that trial fails while the others finish; an ``mlflow
-server`` is then started on the sweep's database and queried over REST.  The slow set kills
-a running sweep with SIGKILL and resumes it, and runs a sweep on a two-node Ray cluster.
+server`` is then started on the sweep's database and queried over REST.  A one-trial sweep is
+killed with SIGKILL after its first epoch and resumed.  The slow set kills a whole sweep
+(a failing baseline, trials finished and unfinished) and resumes it, and runs a sweep on a
+two-node Ray cluster.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from medaug.cli import main as cli_main
 from medaug.tune.report import read_state
@@ -229,10 +233,16 @@ def test_smoke_sweep_runs_every_stage(smoke):
         assert (folder / "pretrain" / "checkpoints").is_dir()
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "results.json", "splits.csv", "roc.png"} <= artifacts
-    # The two trials were scored on the same label splits, against the same test set.
-    assert rows.loc[TWO[1], "linear_diff"] == pytest.approx(
-        rows.loc[TWO[1], "linear_mean"] - rows.loc[TWO[0], "linear_mean"]
+    # The paired comparison, recomputed with numpy and scipy from the per-split AUCs stored
+    # in MLflow (the two trials were scored on the same label splits).
+    per = {key: [runs[key].data.metrics[f"linear_auc_split{i}"] for i in range(2)] for key in TWO}
+    d = np.subtract(per[TWO[1]], per[TWO[0]])
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    row = rows.loc[TWO[1]]
+    assert (row["linear_diff"], row["linear_diff_low"], row["linear_diff_high"]) == pytest.approx(
+        (d.mean(), d.mean() - half, d.mean() + half)
     )
+    assert row["linear_p"] == pytest.approx(stats.ttest_rel(per[TWO[1]], per[TWO[0]]).pvalue)
     assert (output / "report" / "results.md").exists() and (output / "report" / "results.png").exists()
 
 
@@ -521,7 +531,81 @@ def test_runs_table_in_a_browser(smoke, mlflow_server, tmp_path):
     for key in runs:
         assert key in text  # a row of the rendered table
 # ---------------------------------------------------------------------------------------------
-# Slow: kill -9 and resume; a two-node cluster
+# kill -9 and resume: one trial here, a whole sweep in the slow set
+
+
+def _checkpoints(trials: Path) -> list[Path]:
+    """Committed epoch checkpoints (``epoch_NNNN/state.pt``; not a folder still being written)."""
+    return [p for p in trials.glob("*/pretrain/checkpoints/epoch_*/state.pt")
+            if p.parent.name[len("epoch_"):].isdigit()]
+
+
+def test_kill_9_mid_pretraining_then_resume(tmp_path):
+    """SIGKILL the sweep's driver, and everything it started, as soon as its one trial has
+    finished its first of two epochs; ``--resume`` continues that trial from the epoch-1
+    checkpoint: each epoch trained once, one MLflow run."""
+    config = _sweep_file(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["space"] = {"pretrain.criterion": {"grid": ["patient_same_study"]}}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    key = "criterion=patient_same_study"
+    output = tmp_path / "out"
+    trials = output / "trials"
+    cmd = [PY, "-m", "medaug.cli", "sweep", "--config", str(config), "--output", str(output),
+           "--smoke", "--quiet", "--num-cpus", "2",
+           "--set", "pretrain.epochs=2", "--set", "pretrain.max_steps_per_epoch=6"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.time() + 600
+            metrics = trials / key / "pretrain" / "metrics.jsonl"
+            while not (_checkpoints(trials) and metrics.exists()
+                       and metrics.read_text().endswith("\n")):
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "no checkpoint within 600 s"
+                time.sleep(0.2)
+            family = _children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            # The rest goes down with it (a lost machine): no process of the first run
+            # keeps training while the second starts.
+            for pid in _alive(family):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.parent.name for p in _checkpoints(trials)] == ["epoch_0001"]
+    assert not (trials / key / "trial.json").exists()
+    first_epoch = metrics.read_text().splitlines()
+
+    resumed = subprocess.run(
+        [PY, "-m", "medaug.cli", "sweep", "--output", str(output), "--resume", "--quiet",
+         "--num-cpus", "2"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = _runs(output)
+    assert sorted(runs) == [key]
+    run = runs[key]
+    assert run.info.status == "FINISHED" and "linear_auc_mean" in run.data.metrics
+    assert json.loads((trials / key / "trial.json").read_text())["run_id"] == run.info.run_id
+    folder = trials / key / "pretrain"
+    events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("start") == 1, events  # not started over
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["source"], events
+    history = (folder / "metrics.jsonl").read_text().splitlines()
+    assert history[: len(first_epoch)] == first_epoch  # epoch 1 was not trained again
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2]
+    client = tracker_from_state(read_state(output)).client
+    assert sorted(h.step for h in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
+    assert (output / "report" / "results.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: kill -9 and resume of a whole sweep; a two-node cluster
 
 
 def _children(pid: int) -> set[int]:
@@ -574,7 +658,7 @@ def test_kill_9_then_resume(tmp_path):
     try:
         # Kill once some trial has a checkpoint and at least one trial is not finished.
         while time.time() < deadline:
-            ckpts = list(trials.glob("*/pretrain/checkpoints/epoch_*/state.pt"))
+            ckpts = _checkpoints(trials)
             done = list(trials.glob("*/trial.json"))
             if ckpts and len(done) < 2:
                 break
@@ -584,9 +668,7 @@ def test_kill_9_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         finished_before = {p.parent.name: p.stat().st_mtime for p in trials.glob("*/trial.json")}
-        interrupted = {
-            p.parents[3].name for p in trials.glob("*/pretrain/checkpoints/epoch_*/state.pt")
-        } - set(finished_before)
+        interrupted = {p.parents[3].name for p in _checkpoints(trials)} - set(finished_before)
         # Whatever Ray left behind winds down once its driver is gone; wait for it, so the
         # resumed sweep does not share trial folders with stragglers.
         end = time.time() + 120
