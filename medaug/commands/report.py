@@ -5,7 +5,10 @@
     medaug report --output runs/table1 --tracking-uri http://head:5000
 
 Writes OUTPUT/report/results.md, results.csv and results.png, prints the table and puts it
-into MLflow (the sweep's parent run and the experiment's description).
+into MLflow (the sweep's parent run and the experiment's description).  Per stage: AUC mean
+± std, the difference from the baseline with its paired interval, the Holm-adjusted paired
+t-test over the splits (``*`` significant, ``n.s.`` not) and the minimum detectable effect
+(see :mod:`medaug.tune.report`).
 """
 
 from __future__ import annotations

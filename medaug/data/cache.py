@@ -17,6 +17,9 @@ finished directory: a crash never leaves a cache that looks complete.
 
 The resize matches torchvision's ``Resize(S)`` + ``CenterCrop(S)`` on a PIL image
 (bilinear, antialiased), which the MedAug and MoCo-CXR pipelines apply to every image.
+Images wider than 8 bits (16-bit PNGs such as PadChest's) are first stretched to 8 bits
+from their own minimum and maximum (:func:`to_grey8`); every other image is converted to
+greyscale exactly as PIL's ``convert("L")`` does.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from PIL import Image
 from medaug.data.workers import pool_context, usable_cpus
 from medaug.errors import MedaugError
 
-CACHE_VERSION = 1
+# Part of the key: bumped when decoding changes (2: wide greyscale stretched, no longer clipped).
+CACHE_VERSION = 2
 # Row states while building.
 TODO, OK, MISSING, CORRUPT = -1, 0, 1, 2
 SHOWN_BAD = 3  # bad paths quoted in an error message
@@ -47,9 +51,51 @@ KEPT_BAD = 100  # bad paths remembered in meta.json
 # ---------------------------------------------------------------------------------------------
 # One image
 
+# Greyscale modes PIL opens wider-than-8-bit files in: 16-bit PNG / TIFF (any byte order)
+# and 32-bit signed integers.  ``convert("L")`` clips these at 255 instead of rescaling.
+WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def to_grey8(image: Image.Image) -> Image.Image:
+    """The image as 8-bit greyscale (mode ``L``).
+
+    Rule: a greyscale image wider than 8 bits (modes in :data:`WIDE_GREY_MODES`) is
+    stretched linearly from its own minimum to its own maximum onto 0..255, rounding half
+    up; a constant one becomes all 0.  The file's declared depth is no guide: PadChest's
+    16-bit PNGs hold 12-bit or narrower data, which scaling by 65535 would leave almost
+    black and ``convert("L")`` clips almost white.  The stretch applies only to these
+    modes, never to 8-bit images (where it would change the contrast): ``L`` is returned
+    as is, and colour, palette, alpha and bilevel images go through ``convert("L")``
+    (ITU-R 601 luma for colour).
+
+    Args:
+        image: a PIL image (any mode).
+
+    Returns:
+        A PIL image of mode ``L`` and the same size.
+    """
+    if image.mode == "L":
+        return image
+    if image.mode not in WIDE_GREY_MODES:
+        return image.convert("L")
+    values = np.asarray(image)  # H x W, uint16 or int32
+    lo, hi = int(values.min()), int(values.max())
+    span = hi - lo
+    if span == 0:
+        return Image.new("L", image.size, 0)
+
+    def scale(offsets: np.ndarray) -> np.ndarray:
+        # round(offsets * 255 / span), half up, in exact integer arithmetic
+        return ((offsets * 510 + span) // (2 * span)).astype(np.uint8)
+
+    if span < 1 << 16:  # one table over lo..hi, then a lookup per pixel (faster)
+        return Image.fromarray(scale(np.arange(span + 1, dtype=np.int64))[values - lo])
+    return Image.fromarray(scale(values.astype(np.int64) - lo))
+
 
 def resize_crop(image, size: int) -> np.ndarray:
-    """Greyscale, resize the shorter side to ``size`` (bilinear), centre-crop size x size.
+    """Greyscale (:func:`to_grey8`), resize the shorter side to ``size`` (bilinear),
+    centre-crop size x size.
 
     Follows torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on PIL images: the
     longer side becomes ``int(size * long / short)`` and the crop offset
@@ -62,8 +108,7 @@ def resize_crop(image, size: int) -> np.ndarray:
     Returns:
         S x S uint8 array.
     """
-    if image.mode != "L":
-        image = image.convert("L")
+    image = to_grey8(image)
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)

@@ -63,12 +63,17 @@ def age_bands(age: pd.Series) -> pd.Series:
     return pd.Series(labels, index=age.index, dtype=object)
 
 
+def grouping_column(name: str) -> str:
+    """The table column grouping ``name`` reads (``age_band`` reads ``age``)."""
+    check_grouping(name)
+    return _NAMED[name][0] if name in _NAMED else name
+
+
 def group_values(table: pd.DataFrame, name: str) -> pd.Series:
     """The group of every row under grouping ``name`` (None / NaN where missing)."""
-    check_grouping(name)
+    column = grouping_column(name)
     if name == "age_band":
-        return age_bands(table["age"])
-    column = _NAMED[name][0] if name in _NAMED else name
+        return age_bands(table[column])
     return table[column]
 
 

@@ -1,4 +1,5 @@
-"""Metrics of the nested evaluation: AUC, bootstrap intervals, paired comparisons, summaries.
+"""Metrics of the nested evaluation: AUC, bootstrap intervals, paired comparisons, summaries,
+Holm's correction over a family of comparisons and minimum detectable effects.
 
 The AUC is the Mann-Whitney statistic: the probability that a random positive outscores a
 random negative, ties counting one half (identical to the area under the ROC curve).  The
@@ -8,6 +9,7 @@ resamples are a few vectorised sums over score levels rather than a thousand sor
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -223,8 +225,11 @@ def paired_difference(results_a: Any, results_b: Any, alpha: float = 0.05) -> di
             split), or an observation entry / ``per_split`` list of ``results.json``.
 
     Returns:
-        {"mean_diff", "std_diff" (ddof=1), "ci_low", "ci_high", "n", "t_crit",
-        "per_split": {split: diff}}; the interval is None with fewer than two splits.
+        {"mean_diff", "std_diff" (ddof=1), "ci_low", "ci_high", "n", "t_crit", "p_value",
+        "per_split": {split: diff}}; the interval and the p-value are None with fewer than
+        two splits.  ``p_value`` is the two-sided paired t-test of a zero mean difference,
+        ``2 * (1 - F_t(|mean| / (std / sqrt(n)); n - 1))``; it is below ``alpha`` exactly
+        when the interval excludes zero.
     """
     from scipy import stats
 
@@ -247,13 +252,133 @@ def paired_difference(results_a: Any, results_b: Any, alpha: float = 0.05) -> di
         "ci_low": None,
         "ci_high": None,
         "t_crit": None,
+        "p_value": None,
     }
     if n >= 2:
         sd = float(d.std(ddof=1))
         t = float(stats.t.ppf(1 - alpha / 2, n - 1))
         half = t * sd / math.sqrt(n)
-        out.update(std_diff=sd, ci_low=mean - half, ci_high=mean + half, t_crit=t)
+        if sd > 0:
+            p = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+        else:  # every split gives the same difference: certain, unless it is zero
+            p = 1.0 if mean == 0 else 0.0
+        out.update(std_diff=sd, ci_low=mean - half, ci_high=mean + half, t_crit=t, p_value=p)
     return out
+
+
+def holm_adjust(p_values: Sequence[float | None]) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a family of tests.
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value
+    of the i-th is ``min(1, max_{j <= i} (m - j + 1) * p_(j))``; rejecting where it is below
+    alpha controls the family-wise error rate at alpha (Holm 1979).  None / NaN entries are
+    not tests: they stay NaN and do not count in m.
+
+    Args:
+        p_values: K raw p-values.
+
+    Returns:
+        K adjusted p-values, in the input order.
+    """
+    p = np.array([math.nan if v is None else float(v) for v in p_values], dtype=np.float64)
+    out = np.full(len(p), math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="mergesort")]  # m, ascending p
+    scaled = (m - np.arange(m)) * p[order]  # (m - j + 1) * p_(j), j 1-based
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def paired_t_mde(std_diff: float | None, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable effect of the two-sided paired t-test over ``n`` splits.
+
+    The smallest true mean difference delta that the test at level ``alpha`` detects with
+    probability ``power`` when the per-split differences have standard deviation s_d:
+
+        P(|T| > t_{1-alpha/2, n-1}) = power,   T ~ noncentral t(n - 1, delta * sqrt(n) / s_d),
+
+    solved for delta (close to ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * s_d / sqrt(n)``,
+    which it approaches as n grows).  s_d is the observed split-to-split std of the
+    differences (ddof=1).  The power is computed from the definition T = (Z + lambda) /
+    sqrt(V / df), Z standard normal, V chi-square with df = n - 1 degrees of freedom:
+
+        P(|T| > c) = E_V[ Phi(lambda - c sqrt(V / df)) + Phi(-lambda - c sqrt(V / df)) ],
+
+    the expectation by Gauss-Legendre quadrature over V's quantiles (scipy's noncentral t
+    returns NaN in the far tail at df = 1, i.e. two splits).
+
+    Returns:
+        delta >= 0; NaN with fewer than two splits or no std; 0 when s_d is 0.
+    """
+    if std_diff is None or n < 2 or not math.isfinite(float(std_diff)):
+        return math.nan
+    if std_diff <= 0:
+        return 0.0
+    # delta is linear in s_d: the noncentrality that gives the power depends on n alone.
+    return float(_mde_noncentrality(int(n), float(alpha), float(power)) * std_diff / math.sqrt(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _mde_noncentrality(n: int, alpha: float, power: float) -> float:
+    """The noncentrality lambda at which the paired t-test over n splits has ``power``."""
+    from scipy import optimize, stats
+
+    df = n - 1
+    t_crit = stats.t.ppf(1 - alpha / 2, df)
+    nodes, weights = np.polynomial.legendre.leggauss(400)  # on [-1, 1]
+    v = stats.chi2.ppf((nodes + 1) / 2, df)  # 400 quantiles of V
+    shift = t_crit * np.sqrt(v / df)  # c sqrt(V / df)
+    weights = weights / 2  # for the uniform measure on [0, 1]
+
+    def shortfall(nc: float) -> float:  # power at noncentrality nc, minus the target
+        hit = stats.norm.cdf(nc - shift) + stats.norm.cdf(-nc - shift)
+        return float(weights @ hit) - power
+
+    high = t_crit + stats.norm.ppf(power) + 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-10))
+
+
+def hanley_mcneil_se(auc_value: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC estimated from ``n_pos`` positives and ``n_neg`` negatives.
+
+    Hanley & McNeil (1982):
+
+        SE^2 = [A (1 - A) + (n_pos - 1)(Q1 - A^2) + (n_neg - 1)(Q2 - A^2)] / (n_pos n_neg),
+        Q1 = A / (2 - A),  Q2 = 2 A^2 / (1 + A),
+
+    Q1 and Q2 being the probabilities that two positives both outscore one negative and one
+    positive outscores two negatives, under exponentially distributed scores.
+    """
+    if n_pos < 1 or n_neg < 1:
+        raise MedaugError(f"AUC standard error needs both classes: {n_pos} positive, {n_neg} negative")
+    a = float(auc_value)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
+
+
+def auc_mde(
+    auc_value: float, n_pos: int, n_neg: int, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """Smallest AUC difference between two models that one test set can resolve.
+
+        MDE_test = (z_{1-alpha/2} + z_{power}) * sqrt(2) * SE_HM(A, n_pos, n_neg)
+
+    with SE_HM of :func:`hanley_mcneil_se` at the AUC A both models are near (2.80 x sqrt(2)
+    x SE at alpha 0.05 and 80% power).  The two AUCs' test-set errors are taken as
+    uncorrelated, which makes this the conservative end: models whose scores correlate on
+    the same images resolve smaller differences, by sqrt(1 - r).  Averaging over label
+    splits does not shrink it, since every split is scored on the same test images.
+    """
+    from scipy import stats
+
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * math.sqrt(2.0) * hanley_mcneil_se(auc_value, n_pos, n_neg))
 
 
 def summarise(per_split_aucs: Sequence[float]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Each view, independently:
 
-    random resized crop (area share in [crop_scale, 1], ratio 1) -> resize to R
+    random resized crop (area share in [crop_scale, 1], ratio 1) -> resize to R (bilinear,
+        edge pixels repeated where a sample falls just outside the image)
     -> horizontal flip (p = hflip)
     -> with probability jitter_prob: brightness x b, then contrast c around the image's mean
        (b, c uniform in [1 - brightness, 1 + brightness] and [1 - contrast, 1 + contrast]),
@@ -70,7 +71,7 @@ def augment_views(
     )
     theta = affine_matrices(p, size).to(device=x.device, dtype=x.dtype)  # N x 2 x 3
     grid = F.affine_grid(theta, [n, 1, out, out], align_corners=False)  # N x R x R x 2
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     device = generator.device if generator is not None else x.device
     u = torch.rand(3, n, generator=generator, device=device, dtype=torch.float64).to(x.device)
     on = u[0] < jitter_prob  # N

@@ -7,7 +7,8 @@ A criterion c defines, for every anchor image x, the set
                     |x'[col] - x[col]| <= w for every ``within`` column and window w,
                     [and x' has x's downstream label (``label: same``)] }
 
-over the canonical table's columns (``medaug.data.schema``).  Missing values compare like a
+over the canonical table's columns (``medaug.data.schema``) and the groupings computed from
+them (``age_band``, ``medaug.data.groups``).  Missing values compare like a
 value of their own in ``same`` / ``distinct`` and never fall within a window.  x belongs to
 its own set exactly when it satisfies the rules with itself: a ``distinct`` rule excludes it,
 ``same``, ``within`` (x's value present) and ``label`` rules keep it.  Two options shape the
@@ -237,10 +238,21 @@ def check_criterion_setting(spec: Any, where: str) -> Criterion:
         from medaug.data.schema import TABLE_COLUMNS
 
         try:
-            check_columns(criterion, TABLE_COLUMNS, "the canonical table")
+            check_columns(
+                criterion, (*TABLE_COLUMNS, *derived_columns(TABLE_COLUMNS)), "the canonical table"
+            )
         except MedaugError as err:
             raise MedaugError(f"{where}: {err}") from None
     return criterion
+
+
+def derived_columns(columns: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Groupings of ``medaug.data.groups`` that rules may name like columns although
+    ``columns`` lacks them, because they are computed from one it has (``age_band``: decades
+    of ``age``; ``laterality``: ``view``)."""
+    from medaug.data.groups import GROUPINGS, grouping_column
+
+    return tuple(g for g in GROUPINGS if g not in columns and grouping_column(g) in columns)
 
 
 def criterion_label(criterion: Criterion) -> str:

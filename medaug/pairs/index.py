@@ -11,20 +11,22 @@ arithmetic, in chunks of anchors so memory stays bounded, and the ``distinct`` a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from medaug.errors import MedaugError
-from medaug.pairs.criteria import Criterion, check_columns, resolve_criterion
+from medaug.pairs.criteria import Criterion, check_columns, derived_columns, resolve_criterion
 
 _UNCERTAIN = ("ignore", "zeros", "ones")
 # Candidate pairs (anchor, group member) enumerated per chunk, and at most in all: beyond
-# that a criterion's groups are too large (no patient column among ``same``).
+# that a criterion's groups are too large (no patient column among ``same``).  With
+# max_partners, criteria of more candidates than SCAN_ABOVE scan their groups instead.
 CHUNK_PAIRS = 1 << 22
 MAX_CANDIDATES = 400_000_000
+SCAN_ABOVE = 50_000_000
 
 CriterionSpec = str | Mapping[str, Any] | Criterion
 
@@ -137,12 +139,20 @@ class _Table:
 
     def codes(self, column: str) -> np.ndarray:
         if column not in self._codes:
-            self._codes[column] = _codes(self.table[column])
+            if column in self.table.columns:
+                values = self.table[column]
+            else:  # a grouping computed from a column (age_band)
+                from medaug.data.groups import group_values
+
+                values = group_values(self.table, column)
+            self._codes[column] = _codes(values)
         return self._codes[column]
 
     def numbers(self, column: str) -> np.ndarray:
         """float64 values of a numeric column (NaN where missing) for ``within`` windows."""
         if column not in self._numbers:
+            if column not in self.table.columns:
+                raise MedaugError(f"within.{column} needs a numeric column of the table")
             values = self.table[column]
             if not (
                 pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
@@ -184,13 +194,18 @@ def _pair_sets(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The sets S_c(x) of every row (before size matching and fallback).
 
+    Small groups (a patient column among ``same``) are enumerated in full; groups too large
+    for that (``same: [sex, age_band]`` on a whole dataset) need ``max_partners`` and are
+    scanned instead (:func:`_scan_sets`).
+
     Args:
         rows: N bool; only these rows get sets (the others count 0).  None: every row.
         partners: False to count members only (no partner array is kept).
         rng: the generator of the ``max_partners`` pre-selection.
     Returns:
         counts: N int64 set sizes (after the ``max_partners`` cut).
-        partners: nnz int64 members, grouped by anchor row ascending (None when not asked).
+        partners: nnz int64 members, grouped by anchor row ascending, ascending within
+            (None when not asked).
     """
     n = tab.n
     order, starts, sizes, group = tab.groups(crit)
@@ -199,10 +214,13 @@ def _pair_sets(
         g = np.where(rows, g, 0)
     cum = np.cumsum(g)  # N
     total = int(cum[-1])
+    if crit.max_partners is not None and total > SCAN_ABOVE:
+        return _scan_sets(tab, crit, distinct_only, g > 0, partners, rng)
     if total > MAX_CANDIDATES:
         raise MedaugError(
             f"criterion {crit.title!r} compares {total:,} candidate pairs (groups of up to "
-            f"{int(sizes.max()):,} images): add a narrower column to 'same' (e.g. patient_id)"
+            f"{int(sizes.max()):,} images): set max_partners, or add a narrower column to "
+            "'same' (e.g. patient_id)"
         )
     # Chunks of consecutive anchor rows of about CHUNK_PAIRS candidates each.
     cuts = np.searchsorted(cum, np.arange(CHUNK_PAIRS, total, CHUNK_PAIRS), side="left") + 1
@@ -219,15 +237,7 @@ def _pair_sets(
         a = np.repeat(np.arange(lo, hi, dtype=np.int64), gc)  # m
         w = np.arange(m, dtype=np.int64) - np.repeat(first, gc)  # m
         b = order[np.repeat(starts[group[lo:hi]], gc) + w]  # m: member rows
-        mask = np.ones(m, dtype=bool)
-        for column in crit.distinct:
-            codes = tab.codes(column)
-            mask &= codes[a] != codes[b]
-        for column, window in crit.within:
-            values = tab.numbers(column)
-            mask &= np.abs(values[a] - values[b]) <= window  # NaN never within
-        if distinct_only:
-            mask &= a != b
+        mask = _rules_hold(tab, crit, a, b, distinct_only)  # m
         chunk_counts = np.bincount(a[mask] - lo, minlength=hi - lo).astype(np.int64)
         if partners:
             members = b[mask]
@@ -244,12 +254,99 @@ def _pair_sets(
     return counts, np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
 
 
+def _rules_hold(
+    tab: _Table, crit: Criterion, a: np.ndarray, b: np.ndarray, distinct_only: bool
+) -> np.ndarray:
+    """M bool: whether member b[t] satisfies the ``distinct`` and ``within`` rules with
+    anchor a[t] (the ``same`` rules hold by construction: both are in one group)."""
+    mask = np.ones(len(a), dtype=bool)
+    for column in crit.distinct:
+        codes = tab.codes(column)
+        mask &= codes[a] != codes[b]
+    for column, window in crit.within:
+        values = tab.numbers(column)
+        mask &= np.abs(values[a] - values[b]) <= window  # NaN never within
+    if distinct_only:
+        mask &= a != b
+    return mask
+
+
+def _scan_sets(
+    tab: _Table,
+    crit: Criterion,
+    distinct_only: bool,
+    rows: np.ndarray,
+    partners: bool,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_pair_sets` for large groups: the first ``max_partners`` members of S_c(x)
+    met when scanning x's group in a random order, without enumerating the group.
+
+    Each group is shuffled once and every anchor starts its scan at a random position of
+    its group's shuffled order, wrapping round: a uniformly random order of the group, so
+    the first k members of S_c(x) met form a uniform k-subset of S_c(x) (fewer when the
+    whole group holds fewer), and different anchors of a group start at different places.
+    Rounds look at a growing number of candidates per anchor still short of k, in chunks
+    of about CHUNK_PAIRS candidates.
+    """
+    n, k = tab.n, int(crit.max_partners)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    _, starts, sizes, group = tab.groups(crit)
+    shuffled = np.lexsort((rng.random(n), group))  # N: rows by group, random order within
+    anchors = np.flatnonzero(rows)  # A
+    size = sizes[group[anchors]]  # A
+    first = starts[group[anchors]]  # A: the group's place in `shuffled`
+    offset = np.minimum((rng.random(len(anchors)) * size).astype(np.int64), size - 1)  # A
+    scanned = np.zeros(len(anchors), dtype=np.int64)  # A: candidates looked at
+    found = np.zeros(len(anchors), dtype=np.int64)  # A: members kept
+    pairs_a: list[np.ndarray] = []
+    pairs_b: list[np.ndarray] = []
+    active = np.arange(len(anchors))
+    batch = max(2 * k, 16)
+    while len(active):
+        take_all = np.minimum(batch, size[active] - scanned[active])  # per active anchor
+        # Slices of active anchors of about CHUNK_PAIRS candidates each.
+        bounds = np.searchsorted(
+            np.cumsum(take_all), np.arange(CHUNK_PAIRS, take_all.sum(), CHUNK_PAIRS)
+        )
+        for part, take in zip(np.split(active, bounds + 1), np.split(take_all, bounds + 1)):
+            m = int(take.sum())
+            if m == 0:
+                continue
+            seg = np.repeat(np.arange(len(part)), take)  # m: which anchor of the slice
+            step = np.arange(m, dtype=np.int64) - np.repeat(np.cumsum(take) - take, take)
+            where = (offset[part][seg] + scanned[part][seg] + step) % size[part][seg]
+            a = anchors[part][seg]  # m
+            b = shuffled[first[part][seg] + where]  # m
+            ok = _rules_hold(tab, crit, a, b, distinct_only)
+            # Keep the matches in scan order until the anchor has k.
+            before = np.r_[0, np.cumsum(ok)][np.cumsum(take) - take]  # per anchor of the slice
+            rank = np.cumsum(ok) - np.repeat(before, take)  # m: 1-based among the matches
+            keep = ok & (rank <= (k - found[part])[seg])
+            found[part] += np.bincount(seg[keep], minlength=len(part))
+            scanned[part] += take
+            if partners:
+                pairs_a.append(a[keep])
+                pairs_b.append(b[keep])
+        active = active[(found[active] < k) & (scanned[active] < size[active])]
+        batch *= 2
+    counts = np.zeros(n, dtype=np.int64)
+    counts[anchors] = found
+    if not partners:
+        return counts, None
+    a = np.concatenate(pairs_a) if pairs_a else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(pairs_b) if pairs_b else np.zeros(0, dtype=np.int64)
+    return counts, b[np.lexsort((b, a))]
+
+
 def _with_partner(tab: _Table, within: Criterion, rows: np.ndarray) -> np.ndarray:
     """N bool: ``rows`` that have a partner other than themselves under ``within`` (and,
     recursively, satisfy its own anchor restriction)."""
     if within.anchors_with is not None:
         rows = _with_partner(tab, within.anchors_with, rows)
-    counts, _ = _pair_sets(tab, within.rules(), distinct_only=True, rows=rows, partners=False)
+    # One partner other than x is enough: a cap of 1 lets large groups be scanned.
+    one = replace(within.rules(), max_partners=1)
+    counts, _ = _pair_sets(tab, one, distinct_only=True, rows=rows, partners=False)
     return counts > 0
 
 
@@ -335,8 +432,9 @@ def build_pair_index(
     if len(table) == 0:
         raise MedaugError("cannot build positive pairs from an empty table")
     used = [c for c in (crit, ref, restrict) if c is not None]
+    columns = list(table.columns)
     for c in used:
-        check_columns(c, list(table.columns), "the table")
+        check_columns(c, [*columns, *derived_columns(columns)], "the table")
     labelled = next((c for c in used if c.needs_label), None)
     classes = None
     if labelled is not None:

@@ -1,13 +1,33 @@
-"""The paper-style results table of a sweep, built from its MLflow runs.
+"""The paper-style results table of a sweep, built from its MLflow runs, with significance.
 
 One row per trial (criterion / crop / negatives and options, or a no-pretraining baseline);
-columns: linear-probe and end-to-end AUC as mean ± std over the label splits, and the
-difference from a baseline row with its paired t interval over the same splits
-(:func:`medaug.eval.metrics.paired_difference`).  The default baseline row is the
-``instance`` criterion without crop and with the default negatives (MoCo-CXR), when present.
+per stage (linear probe, end-to-end when it ran): AUC mean ± std over the label splits, and
+against a baseline row (default: the ``instance`` criterion without crop and with the
+default negatives, MoCo-CXR, when present):
 
-Written to ``OUTPUT/report/results.md``, ``results.csv`` and ``results.png`` (bars with
-error bars).
+- the difference, the mean of the per-split differences, with its 95% paired t interval
+  over the same splits (:func:`medaug.eval.metrics.paired_difference`);
+- the two-sided paired t-test's p-value, adjusted by Holm's method over the rows of the
+  column (:func:`medaug.eval.metrics.holm_adjust`); a row is significant when the adjusted
+  p-value is below 0.05, and only then is its difference printed in bold with ``*``; any
+  other row reads ``n.s.``;
+- the minimum detectable effect (MDE) at alpha 0.05 and 80% power: the larger of
+
+      the splits'     delta with P(|T| > t_{0.975, n-1}) = 0.8,
+                      T ~ noncentral t(n - 1, delta sqrt(n) / s_d)   (about 3.7 s_d / sqrt(n)
+                      at n = 5; :func:`medaug.eval.metrics.paired_t_mde`)
+      the test set's  (z_{0.975} + z_{0.8}) sqrt(2) SE_HM(A, P, N)   (2.80 sqrt(2) SE;
+                      :func:`medaug.eval.metrics.auc_mde`)
+
+  with s_d the split-to-split std of the row's differences, n the number of splits, and
+  SE_HM the Hanley-McNeil standard error of the baseline's AUC A on a test set of P
+  positives and N negatives (counted from a trial's saved test labels).  A row significant
+  over the splits but smaller than the test set's floor gets ``†``: the splits agree, but
+  another test set of this size could reverse it.
+
+Written to ``OUTPUT/report/results.md``, ``results.csv`` (every figure, raw and adjusted
+p-values, both MDE terms) and ``results.png`` (per stage, each row's difference with its
+interval, the baseline as the zero line, the MDE as a band; no baseline: mean ± std).
 """
 
 from __future__ import annotations
@@ -29,6 +49,12 @@ INDEX_TAG = "trial_index"
 VARIANT_TAG = "variant"
 BASELINE_TAG = "baseline"
 STAGE_TITLES = {"linear": "Linear", "e2e": "End-to-end"}
+ALPHA = 0.05  # level of every interval and test of the report
+POWER = 0.8  # power at which the minimum detectable effect is stated
+STAGE_COLUMNS = (
+    "mean", "std", "n", "diff", "diff_low", "diff_high", "diff_std", "p", "p_holm",
+    "significant", "mde_splits", "mde_test", "mde", "below_floor",
+)
 
 
 @dataclass
@@ -37,17 +63,25 @@ class ResultTable:
 
     Attributes:
         rows: one row per trial: ``key``, ``label``, ``kind`` (pretrain | baseline),
-            ``status``, ``criterion``, ``crop_scale``, ``negatives``, ``options``, and per
-            stage (linear, e2e) ``<stage>_mean``, ``<stage>_std``, ``<stage>_n``,
-            ``<stage>_diff``, ``<stage>_diff_low``, ``<stage>_diff_high``; ``knn_auc_best``.
+            ``status``, ``criterion``, ``crop_scale``, ``negatives``, ``options``,
+            ``knn_auc_best``, and per stage (linear, e2e) ``<stage>_<column>`` for the
+            columns of ``STAGE_COLUMNS``: AUC ``mean``, ``std`` and number of splits ``n``;
+            against the baseline ``diff`` (mean paired difference), ``diff_low`` /
+            ``diff_high`` (its 95% paired t interval), ``diff_std`` (std of the per-split
+            differences), ``p`` (paired t-test), ``p_holm`` (Holm-adjusted over the
+            column), ``significant`` (``p_holm`` < alpha), ``mde_splits``, ``mde_test``,
+            ``mde`` (the larger of the two) and ``below_floor`` (significant, yet smaller
+            than ``mde_test``).
         baseline: key of the row the differences are taken from (None: no differences).
         splits: per row key and stage, the per-split AUCs (``{key: {stage: {split: auc}}}``).
+        test_counts: positive and negative test labels of the target (None: unknown).
     """
 
     rows: pd.DataFrame
     baseline: str | None = None
     title: str = ""
     splits: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    test_counts: tuple[int, int] | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -55,13 +89,14 @@ class ResultTable:
         return [s for s in STAGES if f"{s}_mean" in self.rows and self.rows[f"{s}_mean"].notna().any()]
 
     def to_markdown(self) -> str:
-        """The table as GitHub markdown (numbers to three decimals)."""
+        """The table as GitHub markdown (numbers to three decimals), with its legend."""
         stages = self.stages
         head = ["Trial", "Criterion", "Crop", "Negatives", "Options"]
         for s in stages:
             head.append(STAGE_TITLES[s])
             if self.baseline is not None:
-                head.append(f"Δ {STAGE_TITLES[s].lower()} (95% CI)")
+                name = STAGE_TITLES[s].lower()
+                head += [f"Δ {name} [95% CI]", f"Holm p ({name})", f"MDE ({name})"]
         head.append("Status")
         lines = []
         if self.title:
@@ -78,16 +113,54 @@ class ResultTable:
             for s in stages:
                 cells.append(_mean_std(r.get(f"{s}_mean"), r.get(f"{s}_std")))
                 if self.baseline is not None:
-                    cells.append(_diff(r, s) if r["key"] != self.baseline else "—")
+                    if r["key"] == self.baseline:
+                        cells += ["—", "—", "—"]
+                    else:
+                        cells += [_diff(r, s), _p(r.get(f"{s}_p_holm")), _num(r.get(f"{s}_mde"))]
             cells.append(str(r["status"]).lower())
             lines.append("| " + " | ".join(cells) + " |")
         if self.baseline is not None:
-            lines += [
-                "",
-                f"Δ: difference from `{self.baseline}` over the same label splits "
-                "(paired t interval).",
-            ]
+            lines += ["", *self.legend()]
         return "\n".join(lines)
+
+    def legend(self) -> list[str]:
+        """What the difference, p, mark and MDE columns mean, one markdown line each."""
+        level = f"{100 * (1 - ALPHA):g}%"
+        families = ", ".join(
+            f"{int(self.rows[f'{s}_p'].notna().sum())} ({STAGE_TITLES[s].lower()})" for s in self.stages
+        )
+        out = [
+            f"Δ: difference from `{self.baseline}`, the mean of the per-split differences over "
+            f"the same label splits, with its {level} paired t interval.  ",
+            "Holm p: two-sided paired t-test over the splits, adjusted by Holm's method over "
+            f"the rows of the column (family sizes: {families}).  ",
+            f"`*` significant: Holm-adjusted p < {ALPHA:g}, the difference in bold.  "
+            "`n.s.` not significant: the difference cannot be told from split-to-split noise "
+            "(even where its own interval excludes zero, before the correction).  ",
+        ]
+        floors = []
+        if self.test_counts is not None:
+            for s in self.stages:
+                base = self.rows.loc[self.rows["key"] == self.baseline, f"{s}_mde_test"]
+                if len(base) and math.isfinite(float(base.iloc[0])):
+                    floors.append(f"{float(base.iloc[0]):.3f} ({STAGE_TITLES[s].lower()})")
+        splits_mde = (
+            f"MDE: the smallest true difference detectable with {100 * POWER:g}% power at "
+            f"α = {ALPHA:g}: the larger of the paired-t MDE of the splits (noncentral t with "
+            "the row's n splits and std of the differences)"
+        )
+        if floors:
+            n_pos, n_neg = self.test_counts
+            out += [
+                f"{splits_mde} and the test set's floor (z₀.₉₇₅ + z₀.₈)·√2·SE, SE by "
+                f"Hanley–McNeil at the baseline's AUC with {n_pos} positive and {n_neg} "
+                f"negative test labels: {', '.join(floors)}.  ",
+                "`†` significant over the splits but smaller than the test set's floor: "
+                "another test set of this size could reverse it.",
+            ]
+        else:
+            out.append(f"{splits_mde}; the test set's floor is unknown (no saved test labels).")
+        return out
 
     def __str__(self) -> str:
         return self.to_markdown()
@@ -109,7 +182,12 @@ class ResultTable:
         return paths
 
 
-def build_table(runs: list[Any], baseline: str | None = None, title: str = "") -> ResultTable:
+def build_table(
+    runs: list[Any],
+    baseline: str | None = None,
+    title: str = "",
+    test_counts: tuple[int, int] | None = None,
+) -> ResultTable:
     """The :class:`ResultTable` of MLflow runs (``mlflow.entities.Run`` objects).
 
     Args:
@@ -118,8 +196,9 @@ def build_table(runs: list[Any], baseline: str | None = None, title: str = "") -
             name when one row has it; None picks the default (``instance``, no crop, default
             negatives) when present.
         title: heading of the markdown table.
+        test_counts: (positive, negative) test labels of the target, for the test set's
+            floor of the minimum detectable effect; None leaves that floor out.
     """
-    from medaug.eval.metrics import paired_difference
 
     records = []
     splits: dict[str, dict[str, dict[str, float]]] = {}
@@ -162,30 +241,55 @@ def build_table(runs: list[Any], baseline: str | None = None, title: str = "") -
         "key", "label", "kind", "status", "variant", "criterion", "crop_scale", "negatives",
         "options", "knn_auc_best",
     ]
-    for stage in STAGES:
-        columns += [f"{stage}_{c}" for c in ("mean", "std", "n", "diff", "diff_low", "diff_high")]
+    columns += [f"{stage}_{c}" for stage in STAGES for c in STAGE_COLUMNS]
     rows = pd.DataFrame(records, columns=columns + ["index"])
     rows = rows.sort_values(["index", "key"], na_position="last", kind="stable")
     rows = rows.drop(columns=["index"]).reset_index(drop=True)
     chosen = _pick_baseline(rows, baseline)
     for stage in STAGES:
-        for col in ("diff", "diff_low", "diff_high"):
-            rows[f"{stage}_{col}"] = math.nan
-        if chosen is None or not splits.get(chosen, {}).get(stage):
+        _compare(rows, splits, chosen, stage, test_counts)
+    return ResultTable(rows=rows, baseline=chosen, title=title, splits=splits, test_counts=test_counts)
+
+
+def _compare(
+    rows: pd.DataFrame,
+    splits: dict[str, dict[str, dict[str, float]]],
+    baseline: str | None,
+    stage: str,
+    test_counts: tuple[int, int] | None,
+) -> None:
+    """Fill one stage's comparison columns of ``rows`` in place (see :class:`ResultTable`)."""
+    from medaug.eval.metrics import auc_mde, holm_adjust, paired_difference, paired_t_mde
+
+    for col in STAGE_COLUMNS[3:]:
+        rows[f"{stage}_{col}"] = False if col in ("significant", "below_floor") else math.nan
+    ref = splits.get(baseline, {}).get(stage) if baseline is not None else None
+    if not ref:
+        return
+    floor = math.nan
+    base_mean = float(rows.loc[rows["key"] == baseline, f"{stage}_mean"].iloc[0])
+    if test_counts is not None and math.isfinite(base_mean) and min(test_counts) > 0:
+        floor = auc_mde(base_mean, *test_counts, alpha=ALPHA, power=POWER)
+    rows.loc[rows["key"] == baseline, f"{stage}_mde_test"] = floor
+    for i, key in enumerate(rows["key"]):
+        mine = splits[key][stage]
+        common = sorted(set(mine) & set(ref))
+        if key == baseline or not common:
             continue
-        ref = splits[chosen][stage]
-        for i, key in enumerate(rows["key"]):
-            mine = splits[key][stage]
-            if key == chosen or not mine:
-                continue
-            common = sorted(set(mine) & set(ref))
-            if not common:
-                continue
-            d = paired_difference({k: mine[k] for k in common}, {k: ref[k] for k in common})
-            rows.loc[i, f"{stage}_diff"] = d["mean_diff"]
-            rows.loc[i, f"{stage}_diff_low"] = math.nan if d["ci_low"] is None else d["ci_low"]
-            rows.loc[i, f"{stage}_diff_high"] = math.nan if d["ci_high"] is None else d["ci_high"]
-    return ResultTable(rows=rows, baseline=chosen, title=title, splits=splits)
+        d = paired_difference({k: mine[k] for k in common}, {k: ref[k] for k in common}, alpha=ALPHA)
+        mde_splits = paired_t_mde(d["std_diff"], d["n"], alpha=ALPHA, power=POWER)
+        rows.loc[i, [f"{stage}_{c}" for c in ("diff", "diff_low", "diff_high", "diff_std", "p")]] = [
+            d["mean_diff"], *(math.nan if d[k] is None else d[k] for k in ("ci_low", "ci_high", "std_diff", "p_value"))
+        ]
+        rows.loc[i, f"{stage}_mde_splits"] = mde_splits
+        rows.loc[i, f"{stage}_mde_test"] = floor
+        finite = [v for v in (mde_splits, floor) if math.isfinite(v)]
+        rows.loc[i, f"{stage}_mde"] = max(finite) if finite else math.nan
+    holm = holm_adjust(rows[f"{stage}_p"].tolist())
+    rows[f"{stage}_p_holm"] = holm
+    significant = pd.Series(holm < ALPHA, index=rows.index)  # NaN compares False
+    rows[f"{stage}_significant"] = significant
+    rows[f"{stage}_below_floor"] = significant & (rows[f"{stage}_diff"].abs() < rows[f"{stage}_mde_test"])
 
 
 def _pick_baseline(rows: pd.DataFrame, baseline: str | None) -> str | None:
@@ -219,43 +323,80 @@ def _pick_baseline(rows: pd.DataFrame, baseline: str | None) -> str | None:
 
 
 def plot_table(table: ResultTable, path: str | Path) -> Path:
-    """Bar chart of mean AUC with ± std error bars, one group per row, one bar per stage."""
+    """One panel per stage.  With a baseline: each row's difference from it with its 95%
+    paired interval (filled: significant after Holm; hollow: n.s.), the baseline as the zero
+    line, and a grey band of ± the row's MDE.  Without one: mean AUC ± std per row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     path = Path(path)
-    rows = table.rows
     stages = table.stages or ["linear"]
-    n = max(len(rows), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2.0), 4.5))
-    width = 0.8 / len(stages)
-    x = np.arange(len(rows))
-    for j, stage in enumerate(stages):
-        means = rows[f"{stage}_mean"].to_numpy(dtype=float) if len(rows) else np.zeros(0)
-        stds = np.nan_to_num(rows[f"{stage}_std"].to_numpy(dtype=float)) if len(rows) else np.zeros(0)
-        ax.bar(x + (j - (len(stages) - 1) / 2) * width, np.nan_to_num(means), width, yerr=stds,
-               capsize=3, label=STAGE_TITLES[stage])
-    if len(rows):
-        means = rows[[f"{s}_mean" for s in stages]].to_numpy(dtype=float)
-        stds = np.nan_to_num(rows[[f"{s}_std" for s in stages]].to_numpy(dtype=float))
-        low, high = (means - stds)[np.isfinite(means)], (means + stds)[np.isfinite(means)]
-        if low.size:  # the whole error bars in view, the bars' differences readable
-            ax.set_ylim(max(0.0, float(low.min()) - 0.05), min(1.0, float(high.max()) + 0.05))
-    ax.set_xticks(x)
-    ax.set_xticklabels([_short_label(r) for r in rows.to_dict("records")], rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("AUC (mean ± std over splits)")
-    if table.title:
-        ax.set_title(table.title)
-    ax.legend()
+    n = max(len(table.rows), 1)
+    fig, axes = plt.subplots(
+        1, len(stages), figsize=(len(stages) * max(5.0, 0.8 * n + 2.0), 4.8), squeeze=False
+    )
+    for ax, stage in zip(axes[0], stages, strict=True):
+        if table.baseline is None:
+            _plot_means(ax, table, stage)
+        else:
+            _plot_differences(ax, table, stage)
+        ax.set_title(STAGE_TITLES[stage] if not table.title else f"{table.title}\n{STAGE_TITLES[stage]}",
+                     fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _plot_differences(ax: Any, table: ResultTable, stage: str) -> None:
+    import numpy as np
+
+    rows = table.rows[table.rows["key"] != table.baseline].reset_index(drop=True)
+    base = table.rows[table.rows["key"] == table.baseline].iloc[0]
+    x = np.arange(len(rows))
+    diff = rows[f"{stage}_diff"].to_numpy(dtype=float)
+    low = np.nan_to_num(diff - rows[f"{stage}_diff_low"].to_numpy(dtype=float))
+    high = np.nan_to_num(rows[f"{stage}_diff_high"].to_numpy(dtype=float) - diff)
+    mde = rows[f"{stage}_mde"].to_numpy(dtype=float)
+    band = np.isfinite(mde)
+    if band.any():
+        ax.bar(x[band], 2 * mde[band], bottom=-mde[band], width=0.6, color="0.85", zorder=0,
+               label=f"± MDE ({100 * POWER:g}% power)")
+    ax.axhline(0.0, color="0.2", linestyle="--", linewidth=1,
+               label=f"baseline {table.baseline}: {_mean_std(base[f'{stage}_mean'], base[f'{stage}_std'])}")
+    significant = rows[f"{stage}_significant"].to_numpy(dtype=bool)
+    for mask, face, label in ((significant, "C0", "significant (Holm)"), (~significant, "white", "n.s.")):
+        shown = mask & np.isfinite(diff)
+        if shown.any():
+            ax.errorbar(x[shown], diff[shown], yerr=[low[shown], high[shown]], fmt="o", color="C0",
+                        markerfacecolor=face, capsize=4, label=label, zorder=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels([_short_label(r) for r in rows.to_dict("records")], rotation=35, ha="right",
+                       fontsize=8)
+    ax.set_xlim(-0.7, max(len(rows), 1) - 0.3)
+    ax.set_ylabel(f"Δ AUC vs baseline ({100 * (1 - ALPHA):g}% paired CI)")
+    ax.legend(fontsize=7)
+
+
+def _plot_means(ax: Any, table: ResultTable, stage: str) -> None:
+    import numpy as np
+
+    rows = table.rows
+    x = np.arange(len(rows))
+    means = rows[f"{stage}_mean"].to_numpy(dtype=float)
+    stds = np.nan_to_num(rows[f"{stage}_std"].to_numpy(dtype=float))
+    shown = np.isfinite(means)
+    if shown.any():
+        ax.errorbar(x[shown], means[shown], yerr=stds[shown], fmt="o", capsize=4)
+    ax.set_xticks(x)
+    ax.set_xticklabels([_short_label(r) for r in rows.to_dict("records")], rotation=35, ha="right",
+                       fontsize=8)
+    ax.set_xlim(-0.7, max(len(rows), 1) - 0.3)
+    ax.set_ylabel("AUC (mean ± std over splits)")
 
 
 def read_state(output: str | Path) -> dict[str, Any]:
@@ -280,7 +421,53 @@ def sweep_table(
     title = f"{state['experiment']}: pleural effusion AUC" if not state.get("target") else (
         f"{state['experiment']}: {state['target']} AUC"
     )
-    return build_table(tracker.runs(), baseline=baseline, title=title)
+    runs = tracker.runs()
+    table = build_table(runs, baseline=baseline)  # which row is the baseline
+    keys = [table.baseline] if table.baseline else []
+    keys += [str(k) for k in table.rows["key"] if k != table.baseline]
+    counts = heldout_counts(output, keys, state.get("target"))
+    return build_table(runs, baseline=table.baseline, title=title, test_counts=counts)
+
+
+def heldout_counts(
+    output: str | Path, keys: list[str], target: str | None = None
+) -> tuple[int, int] | None:
+    """Positive and negative usable test labels of ``target`` (default: the first evaluated
+    observation), read from the first trial in ``keys`` with saved test scores
+    (``OUTPUT/trials/<key>/eval/scores/*.npz``), at the evaluation's level (images, or
+    studies when it aggregated them).  None when no trial saved any.
+    """
+    import numpy as np
+
+    from medaug.eval.metrics import aggregate_studies
+    from medaug.tune.trial import trial_dir
+
+    for key in keys:
+        folder = trial_dir(output, key) / "eval"
+        try:
+            results = json.loads((folder / "results.json").read_text())
+        except (OSError, ValueError):
+            continue
+        observations = list(results.get("observations") or [])
+        name = target or (observations[0] if observations else None)
+        if name not in observations:
+            continue
+        o = observations.index(name)
+        for scores in sorted((folder / "scores").glob("*.npz")):
+            try:
+                with np.load(scores) as z:
+                    labels, mask = z["labels"][:, o], z["mask"][:, o].astype(bool)
+                    studies = z["studies"] if "studies" in z.files else None
+            except (OSError, KeyError, ValueError, IndexError):
+                continue
+            level = str(results.get("level") or "image")
+            if level.startswith("study-") and studies is not None:
+                _, labels, _, mask = aggregate_studies(
+                    studies, labels, np.zeros(len(labels)), level.split("-", 1)[1], mask
+                )
+            y = np.asarray(labels)[np.asarray(mask, dtype=bool)]
+            return int((y == 1).sum()), int((y == 0).sum())
+    return None
 
 
 def write_report(
@@ -332,13 +519,32 @@ def _mean_std(mean: Any, std: Any) -> str:
 
 
 def _diff(row: dict[str, Any], stage: str) -> str:
+    """``**+0.052** [+0.031, +0.073] *`` when significant, ``+0.004 [-0.010, +0.018] n.s.``
+    otherwise: a difference that is noise never looks like a finding."""
     d = row.get(f"{stage}_diff")
     if d is None or not math.isfinite(float(d)):
         return "—"
     lo, hi = row.get(f"{stage}_diff_low"), row.get(f"{stage}_diff_high")
     if lo is None or not math.isfinite(float(lo)):
-        return f"{float(d):+.3f}"
-    return f"{float(d):+.3f} [{float(lo):+.3f}, {float(hi):+.3f}]"
+        return f"{float(d):+.3f} (one split: no interval)"
+    interval = f"[{float(lo):+.3f}, {float(hi):+.3f}]"
+    if not bool(row.get(f"{stage}_significant")):
+        return f"{float(d):+.3f} {interval} n.s."
+    if bool(row.get(f"{stage}_below_floor")):
+        return f"{float(d):+.3f} {interval} * †"
+    return f"**{float(d):+.3f}** {interval} *"
+
+
+def _p(value: Any) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "—"
+    return "<0.001" if float(value) < 0.001 else f"{float(value):.3f}"
+
+
+def _num(value: Any) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "—"
+    return f"{float(value):.3f}"
 
 
 def _short_label(row: dict[str, Any]) -> str:

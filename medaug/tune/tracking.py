@@ -112,8 +112,9 @@ def view_state(metric: str, stages: Iterable[str] = ("linear",)) -> dict[str, An
     The MLflow UI (3.x) loads it from the experiment tag ``mlflow.sharedViewState.<key>``
     when the address carries ``viewStateShareKey=<key>``: the search facets (``orderByKey``,
     ``orderByAsc``, ...) and the table's ``selectedColumns``, each named
-    ``<attributes|metrics|params|tags>.`<name>```.  Sorted by a metric, the runs table lists
-    every trial flat (nested runs are grouped under their parent only in date order).
+    ``<attributes|metrics|params|tags>.`<name>```, with their ``columnOrder`` and
+    ``columnWidths``.  Sorted by a metric, the runs table lists every trial flat (nested runs
+    are grouped under their parent only in date order).
 
     Args:
         metric: the column to sort by, best first (the sweep's tune metric).
@@ -122,14 +123,20 @@ def view_state(metric: str, stages: Iterable[str] = ("linear",)) -> dict[str, An
     metrics = [metric]
     for stage in stages:
         metrics += [f"{stage}_auc_mean", f"{stage}_auc_std"]
-    columns = ["attributes.`Dataset`"]
-    columns += [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
-    columns += [f"params.`{p}`" for p in TABLE_PARAMS]
+    dataset = "attributes.`Dataset`"
+    shown = [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
+    shown += [f"params.`{p}`" for p in TABLE_PARAMS]
+    # The widths apply to the columns listed in the order (ids of MLflow's table): wide
+    # enough for the trial keys and criteria, narrow for the rest.
+    widths = {"attributes.`Run Name`": 250, "runDateAndNestInfo": 130, dataset: 170, "duration": 80}
+    widths |= {c: (120 if c.startswith("metrics.") else 150) for c in shown}
     return {
         "searchFilter": "",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": False,
-        "selectedColumns": columns,
+        "selectedColumns": [dataset, *shown],
+        "columnOrder": list(widths),
+        "columnWidths": widths,
     }
 
 

@@ -81,12 +81,16 @@ def trial_dir(output: str | Path, key: str) -> Path:
 
 
 def trial_params(cfg: Config, spec: TrialSpec) -> dict[str, Any]:
-    """MLflow params of a trial: the flattened config plus top-level summary names."""
+    """MLflow params of a trial: the flattened config plus top-level summary names (for a
+    baseline, which pretrains nothing, the criterion names the baseline and the other
+    summary names are ``-``, so that the runs table does not show pretraining choices)."""
     flat = flatten(config_to_dict(cfg))
     params: dict[str, Any] = dict(flat)
     for name, key in SUMMARY_PARAMS.items():
-        params[name] = flat.get(key)
-    if not spec.baseline:  # criteria by their readable names (a grammar mapping is flattened)
+        params[name] = flat.get(key) if not spec.baseline else "-"
+    if spec.baseline:
+        params["criterion"] = f"{spec.baseline} (no pretraining)"
+    else:  # criteria by their readable names (a grammar mapping is flattened)
         for name in ("criterion", "size_match", "anchors_with"):
             setting = getattr(cfg.pretrain, name)
             params[name] = None if setting is None else criterion_label(resolve_criterion(setting))

@@ -94,6 +94,126 @@ def test_large_jpegs_decoded_at_reduced_scale_stay_close(tmp_path):
     assert np.abs(ours - ref).mean() < 2.0 and np.abs(ours - ref).max() < 16
 
 
+def stretched(values: np.ndarray) -> np.ndarray:
+    """Min-max stretch onto 0..255, rounding half up, in floating point (the reference)."""
+    v = values.astype(np.float64)
+    lo, hi = v.min(), v.max()
+    return np.floor((v - lo) * 255.0 / (hi - lo) + 0.5).astype(np.uint8)
+
+
+def write_png16(path, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+    with Image.open(path) as im:  # the file really is 16-bit greyscale
+        assert im.mode == "I;16"
+        np.testing.assert_array_equal(np.asarray(im), values)
+
+
+def test_16_bit_png_is_stretched_from_its_own_range(tmp_path):
+    rng = np.random.default_rng(3)
+    values = rng.integers(300, 52_001, size=(S, S))
+    values[0, 0], values[-1, -1] = 300, 52_000  # the known range
+    write_png16(tmp_path / "film.png", values)
+    expected = stretched(values)
+    # Hand-checked corners of the range: 300 -> 0, 52000 -> 255, and one value between.
+    assert expected[0, 0] == 0 and expected[-1, -1] == 255
+    v = int(values[3, 5])
+    assert expected[3, 5] == int((v - 300) * 255 / 51_700 + 0.5)
+    np.testing.assert_array_equal(load_image(tmp_path / "film.png", S), expected)  # no resize
+    # Resized: the stretch comes first, then torchvision's Resize + CenterCrop.
+    tall = rng.integers(1_000, 9_001, size=(57, 40))
+    write_png16(tmp_path / "tall.png", tall)
+    pipeline = transforms.Compose([transforms.Resize(S), transforms.CenterCrop(S)])
+    ref = np.asarray(pipeline(Image.fromarray(stretched(tall))))
+    np.testing.assert_array_equal(load_image(tmp_path / "tall.png", S), ref)
+
+
+def test_12_bit_data_in_a_16_bit_png_uses_the_full_8_bit_range(tmp_path):
+    # A film as PadChest stores it: 12-bit values (here 40..4000) in a 16-bit PNG.
+    yy, xx = np.mgrid[0:S, 0:S]
+    values = (40 + (4000 - 40) * (xx + S * yy) / (S * S - 1)).round().astype(np.int64)
+    write_png16(tmp_path / "film.png", values)
+    with Image.open(tmp_path / "film.png") as im:
+        clipped = np.asarray(im.convert("L"))
+    assert (clipped == 255).mean() > 0.9  # what plain convert("L") makes of it: nearly white
+    ours = load_image(tmp_path / "film.png", S)
+    assert ours.min() == 0 and ours.max() == 255
+    assert len(np.unique(ours)) == 256  # S * S = 576 graded values reach every grey level
+    np.testing.assert_array_equal(ours, stretched(values))
+    # Monotone: a brighter pixel in the file is never darker in the cache.
+    order = np.argsort(values, axis=None, kind="stable")
+    assert (np.diff(ours.ravel()[order].astype(int)) >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "mode, values",
+    [
+        ("I", [[-1_000, 0, 70_000], [2**31 - 1, -(2**31), 5]]),  # 32-bit signed, full span
+        ("I", [[10, 11, 12], [13, 14, 15]]),  # wide mode, narrow values: still stretched
+        ("I;16B", [[1_000, 4_095, 2_000], [1_500, 3_000, 1_001]]),  # big-endian 16-bit
+    ],
+)
+def test_wide_integer_modes_are_stretched(mode, values):
+    from medaug.data.cache import to_grey8
+
+    values = np.array(values, dtype=np.int64)
+    if mode == "I":
+        image = Image.fromarray(values.astype(np.int32))
+    else:
+        image = Image.frombytes(mode, values.shape[::-1], values.astype(">u2").tobytes())
+    assert image.mode == mode
+    out = to_grey8(image)
+    assert out.mode == "L" and out.size == image.size
+    np.testing.assert_array_equal(np.asarray(out), stretched(values))
+
+
+def test_constant_16_bit_image_becomes_black(tmp_path):
+    write_png16(tmp_path / "flat.png", np.full((S, S), 1234))
+    np.testing.assert_array_equal(load_image(tmp_path / "flat.png", S), np.zeros((S, S), np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "LA", "RGB", "RGBA", "1"])
+def test_8_bit_images_are_not_stretched(mode, tmp_path):
+    # Narrow-range pixels (50..120): a stretch would spread them over 0..255.
+    rng = np.random.default_rng(5)
+    grey = rng.integers(50, 121, size=(S, S)).astype(np.uint8)
+    if mode == "L":
+        image = Image.fromarray(grey)
+    elif mode == "RGB":
+        image = Image.merge("RGB", (Image.fromarray(grey), Image.fromarray(grey + 10),
+                                    Image.fromarray(grey - 20)))
+    else:
+        image = Image.fromarray(grey).convert(mode)
+    image.save(tmp_path / "im.png")
+    with Image.open(tmp_path / "im.png") as im:
+        assert im.mode == mode
+        expected = np.asarray(im.convert("L"))
+    ours = load_image(tmp_path / "im.png", S)
+    np.testing.assert_array_equal(ours, expected)
+    if mode in ("L", "P", "LA"):
+        np.testing.assert_array_equal(ours, grey)  # byte for byte the stored grey levels
+    elif mode == "RGB":  # ITU-R 601 luma, computed by hand
+        r = grey.astype(np.int64)
+        g, b = r + 10, r - 20
+        luma = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+        np.testing.assert_array_equal(ours, luma)
+    if mode != "1":
+        assert ours.max() < 255
+
+
+def test_cache_holds_stretched_16_bit_films(images, tmp_path):
+    root, table = images
+    values = np.random.default_rng(7).integers(100, 3_901, size=(30, S))
+    write_png16(root / "img" / "film16.png", values)
+    extra = pd.DataFrame([{"image_id": "id16", "path": "img/film16.png", "label": 0.0}])
+    table = pd.concat([table, extra], ignore_index=True)
+    cache, _ = build_cache(table, root, S, tmp_path / "cache", workers=1, progress=False)
+    pipeline = transforms.Compose([transforms.Resize(S), transforms.CenterCrop(S)])
+    np.testing.assert_array_equal(cache[len(table) - 1],
+                                  np.asarray(pipeline(Image.fromarray(stretched(values)))))
+    for i, rel in enumerate(table["path"].iloc[:-1]):  # the 8-bit images as before
+        np.testing.assert_array_equal(cache[i], reference(root / rel), err_msg=rel)
+
+
 def test_indexing_and_pickling(images, tmp_path):
     root, table = images
     cache, _ = build_cache(table, root, S, tmp_path / "cache", workers=1, progress=False)

@@ -1,10 +1,12 @@
-"""AUC, bootstrap, paired comparison and study aggregation against references."""
+"""AUC, bootstrap, paired comparison, Holm's correction, detectable effects and study
+aggregation against references."""
 
 import itertools
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from medaug.errors import MedaugError
@@ -12,9 +14,13 @@ from medaug.eval.metrics import (
     _weighted_auc,
     aggregate_studies,
     auc,
+    auc_mde,
     bootstrap_ci,
+    hanley_mcneil_se,
+    holm_adjust,
     paired_bootstrap,
     paired_difference,
+    paired_t_mde,
     summarise,
 )
 
@@ -140,3 +146,100 @@ def test_auc_brute_force_pairs():
     pos, neg = s[y == 1], s[y == 0]
     pairs = [(p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)]
     assert auc(y, s) == pytest.approx(np.mean(pairs))
+
+
+def test_paired_difference_p_value_matches_scipy_paired_t_test():
+    rng = np.random.default_rng(6)
+    for n in (2, 3, 5, 10):
+        a = rng.uniform(0.6, 0.9, n)
+        b = a - rng.normal(0.01, 0.02, n)
+        out = paired_difference(list(a), list(b))
+        assert out["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-10)
+        # p < 0.05 exactly when the 95% interval excludes zero.
+        assert (out["p_value"] < 0.05) == (out["ci_low"] > 0 or out["ci_high"] < 0)
+    assert paired_difference([0.8], [0.7])["p_value"] is None
+    assert paired_difference([0.8, 0.9], [0.8, 0.9])["p_value"] == 1.0  # no difference at all
+
+
+def test_holm_hand_worked_example():
+    # Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06
+    # (an adjusted value never falls below the one before it).
+    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02], atol=1e-15)
+    assert list(adjusted < 0.05) == [True, False, False, True]
+    # Capped at 1; missing tests stay missing and do not enlarge the family (m = 2 here).
+    np.testing.assert_allclose(holm_adjust([0.5, None, 0.6, math.nan]), [1.0, math.nan, 1.0, math.nan])
+    np.testing.assert_allclose(holm_adjust([0.02, None, 0.04]), [0.04, math.nan, 0.04])
+    assert holm_adjust([]).shape == (0,)
+    assert np.isnan(holm_adjust([None])).all()
+
+
+def test_holm_matches_a_step_down_loop():
+    def step_down(p):
+        order = sorted(range(len(p)), key=lambda i: p[i])
+        out, running = [0.0] * len(p), 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (len(p) - rank) * p[i]))
+            out[i] = running
+        return out
+
+    rng = np.random.default_rng(8)
+    for k in (1, 2, 7, 20):
+        p = list(rng.uniform(0, 0.2, k) ** 2)
+        np.testing.assert_allclose(holm_adjust(p), step_down(p), atol=1e-15)
+
+
+def test_paired_t_mde_has_the_stated_power():
+    """At the MDE, a simulated paired t-test over n splits rejects 80% of the time."""
+    rng = np.random.default_rng(11)
+    sd = 0.02
+    for n in (2, 3, 5, 10):
+        mde = paired_t_mde(sd, n)
+        crit = stats.t.ppf(0.975, n - 1)
+        for delta, power in ((mde, 0.8), (0.5 * mde, None)):
+            d = rng.normal(delta, sd, size=(200_000, n))  # per-split differences
+            t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
+            rejected = float((np.abs(t) > crit).mean())
+            if power is not None:
+                assert rejected == pytest.approx(power, abs=0.005), n
+            else:
+                assert rejected < 0.5
+    # Near the textbook approximation at small n, equal to the normal one at large n.
+    n = 5
+    mde = paired_t_mde(sd, n)
+    approx = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert mde == pytest.approx(approx, rel=0.02)
+    z = 1.959963984540054 + 0.8416212335729143
+    assert paired_t_mde(1.0, 5000) == pytest.approx(z / math.sqrt(5000), rel=1e-3)
+    assert paired_t_mde(2 * sd, n) == pytest.approx(2 * mde)  # linear in the std
+    assert paired_t_mde(0.0, 5) == 0.0
+    assert math.isnan(paired_t_mde(None, 1)) and math.isnan(paired_t_mde(0.01, 1))
+
+
+def test_hanley_mcneil_by_hand_and_against_simulation():
+    # A = 0.8, 50 + 50: Q1 = 0.8 / 1.2, Q2 = 2 x 0.64 / 1.8.
+    q1, q2 = 0.8 / 1.2, 1.28 / 1.8
+    se = math.sqrt((0.8 * 0.2 + 49 * (q1 - 0.64) + 49 * (q2 - 0.64)) / 2500)
+    assert hanley_mcneil_se(0.8, 50, 50) == pytest.approx(se, rel=1e-12)
+    assert se == pytest.approx(0.04450, abs=1e-5)
+    # The formula is exact for exponential scores: negatives Exp(1), positives of rate
+    # lam = (1 - A) / A, so P(positive > negative) = A.  Compare with the spread of AUCs
+    # over simulated test sets of 30 positives and 60 negatives.
+    a, n_pos, n_neg = 0.75, 30, 60
+    rng = np.random.default_rng(12)
+    pos = rng.exponential(a / (1 - a), size=(20_000, n_pos))  # scale = 1 / rate
+    neg = rng.exponential(1.0, size=(20_000, n_neg))
+    aucs = (pos[:, :, None] > neg[:, None, :]).mean(axis=(1, 2))
+    assert aucs.mean() == pytest.approx(a, abs=0.002)
+    assert hanley_mcneil_se(a, n_pos, n_neg) == pytest.approx(aucs.std(ddof=1), rel=0.03)
+    with pytest.raises(MedaugError, match="both classes"):
+        hanley_mcneil_se(0.8, 0, 10)
+
+
+def test_auc_mde_direct_computation():
+    z = 1.959963984540054 + 0.8416212335729143  # z_0.975 + z_0.8
+    for a, n_pos, n_neg in ((0.8, 50, 50), (0.65, 120, 900)):
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        se = math.sqrt((a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a))
+                       / (n_pos * n_neg))
+        assert auc_mde(a, n_pos, n_neg) == pytest.approx(z * math.sqrt(2) * se, rel=1e-9)

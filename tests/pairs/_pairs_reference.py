@@ -68,7 +68,7 @@ def random_metadata_table(rng: np.random.Generator, max_patients: int = 6) -> pd
         zip(patients, rng.choice(np.array(["Male", "Female", None], dtype=object), len(patients)))
     )
     table["sex"] = table["patient_id"].map(sex)
-    age = rng.integers(20, 30, n).astype(np.float64)
+    age = rng.integers(15, 95, n).astype(np.float64)
     age[rng.random(n) < 0.1] = np.nan
     table["age"] = age
     # Study days per (patient, study): every image of a study shares its day.
@@ -90,6 +90,14 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+def _value(record: dict, column: str):
+    """A record's value of ``column``; ``age_band`` is the decade of ``age`` (90+ together)."""
+    if column == "age_band":
+        age = record["age"]
+        return None if _missing(age) else min(int(age // 10), 9)
+    return record[column]
+
+
 def brute_grammar_sets(
     table: pd.DataFrame, spec: dict, policy: str = "ignore", distinct_only: bool = False
 ) -> list[list[int]]:
@@ -105,9 +113,9 @@ def brute_grammar_sets(
     for i, x in enumerate(records):
         members = []
         for j, y in enumerate(records):
-            if not all(_equal(x[c], y[c]) for c in same):
+            if not all(_equal(_value(x, c), _value(y, c)) for c in same):
                 continue
-            if any(_equal(x[c], y[c]) for c in distinct):
+            if any(_equal(_value(x, c), _value(y, c)) for c in distinct):
                 continue
             if any(
                 _missing(x[c]) or _missing(y[c]) or abs(x[c] - y[c]) > w for c, w in within.items()

@@ -136,6 +136,8 @@ def test_config_checks_criteria():
     with pytest.raises(MedaugError, match="pretrain.criterion.*unknown column.*study_dayz"):
         load_config(None, ["pretrain.criterion={same: [patient_id], within: {study_dayz: 3}}"])
     cfg = load_config(None, ["pretrain.criterion={preset: patient_all_studies, max_partners: 2}"])
+    # Groupings computed from a column (decades of age) are columns for the rules.
+    load_config(None, ["pretrain.criterion={same: [sex, age_band], distinct: [patient_id]}"])
     assert resolve_criterion(cfg.pretrain.criterion).max_partners == 2
     # A dotted override goes into the mapping already there.
     cfg = load_config(

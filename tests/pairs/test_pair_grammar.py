@@ -40,6 +40,8 @@ SPECS = [
     {"same": ["sex"]},
     {"same": ["sex"], "distinct": ["patient_id"], "within": {"age": 2}},
     {"same": "projection", "within": {"age": 0.5}, "label": "same"},
+    {"same": ["patient_id", "age_band"]},
+    {"same": ["sex", "age_band"], "distinct": ["patient_id"]},
 ]
 
 
@@ -219,6 +221,7 @@ def test_build_errors_are_one_line():
     cases = [
         ({"same": ["patient_id"], "within": {"study_dayz": 3}}, "unknown column(s) study_dayz"),
         ({"same": ["patient_id"], "within": {"view": 3}}, "within.view needs a numeric column"),
+        ({"same": ["patient_id"], "within": {"age_band": 1}}, "within.age_band needs a numeric"),
         ({"same": ["view"], "distinct": ["view"]}, "cannot be both 'same' and 'distinct'"),
         ({"same": ["patient_id"], "label": "same"}, "compares downstream labels"),
         ({"same": ["patient_id"], "bogus": 1}, "unknown criterion key"),
@@ -258,3 +261,89 @@ def test_presets_need_their_columns_only():
     with pytest.raises(MedaugError, match="unknown column.s. study_id, view"):
         build_pair_index(table, "patient_same_study_distinct_lat")
     assert get_criterion("instance").columns == ("image_id",)
+
+
+@pytest.fixture
+def scan_everything(monkeypatch):
+    """Every criterion with max_partners scans its groups instead of enumerating them (the
+    way for groups too large to enumerate, such as same: [sex, age_band] on a dataset)."""
+    import medaug.pairs.index as index_module
+
+    monkeypatch.setattr(index_module, "SCAN_ABOVE", 0)
+
+
+@pytest.mark.parametrize("distinct_only", [False, True])
+def test_scanned_groups_match_brute_force(scan_everything, distinct_only):
+    rng = np.random.default_rng(2600 + int(distinct_only))
+    for trial in range(6):
+        table = random_metadata_table(rng, max_patients=10)
+        policy = POLICIES[trial % 3]
+        for number, spec in enumerate(SPECS):
+            sets = brute_grammar_sets(table, spec, policy, distinct_only)
+            k = 1 + (trial + number) % 3
+            sizes = [min(k, len(s)) for s in sets]
+            anchors = [i for i, size in enumerate(sizes) if size or not distinct_only]
+            kwargs = dict(distinct_only=distinct_only, label=OBS, uncertain=policy, seed=trial)
+            index = build_expecting(table, {**spec, "max_partners": k}, anchors, sizes, **kwargs)
+            if index is None:
+                continue
+            for pos, row in enumerate(anchors):
+                got = index.partners(pos).tolist()
+                if not sizes[row]:
+                    assert got == [row] and index.fallback[pos]
+                    continue
+                assert got == sorted(set(got)) and len(got) == sizes[row]
+                assert set(got) <= set(sets[row])
+            # An anchor restriction is a scan for one partner other than x.
+            within = {"same": ["sex", "age_band"], "distinct": ["patient_id"]}
+            partnered = brute_grammar_sets(table, within, distinct_only=True)
+            kept = [i for i, p in enumerate(partnered) if p and (sets[i] or not distinct_only)]
+            sizes = list(map(len, sets))
+            index = build_expecting(table, spec, kept, sizes, anchors_with=within, **kwargs)
+            if index is not None:
+                assert index_sets(index) == [sets[i] or [i] for i in kept]
+
+
+def test_scanned_subsets_are_uniform_and_spread(scan_everything):
+    spec = {"same": ["sex"], "distinct": ["patient_id"], "max_partners": 2}
+    # One group of 7 patients: each anchor's set is the other 6; every pair of them should
+    # turn up equally often over anchors and seeds.
+    table = pd.DataFrame({"sex": ["Female"] * 7, "patient_id": [f"p{i}" for i in range(7)]})
+    counts = Counter()
+    for seed in range(300):
+        index = build_pair_index(table, spec, seed=seed)
+        assert index.set_sizes().tolist() == [2] * 7
+        for pos in range(7):
+            others = [p - (p > pos) for p in index.partners(pos).tolist()]  # 0..5
+            counts[tuple(others)] += 1
+    observed = np.array([counts[c] for c in sorted(counts)])
+    assert len(counts) == 15 and observed.sum() == 2100
+    assert ((observed - 140) ** 2 / 140).sum() < chi2.ppf(0.999, 14)
+    # Anchors of one group do not all share the same few partners.
+    big = pd.DataFrame({"sex": ["Male"] * 200, "patient_id": [f"p{i}" for i in range(200)]})
+    index = build_pair_index(big, spec, seed=0)
+    assert len(np.unique(index.indices)) > 150
+
+
+def test_large_groups_scan_at_dataset_scale():
+    """Same sex and age band, another patient, 4 partners at most: groups of thousands of
+    images are scanned, not enumerated (tens of billions of candidate pairs at full size)."""
+    rng = np.random.default_rng(2700)
+    n = 40_000
+    table = pd.DataFrame(
+        {
+            "patient_id": rng.integers(0, 9000, n).astype(str),
+            "sex": rng.choice(np.array(["Male", "Female"]), n),
+            "age": rng.integers(18, 95, n).astype(np.float64),
+        }
+    )
+    spec = {"same": ["sex", "age_band"], "distinct": ["patient_id"], "max_partners": 4}
+    index = build_pair_index(table, spec, seed=1)
+    assert len(index) == n and index.set_sizes().tolist() == [4] * n
+    band = np.minimum(table["age"].to_numpy() // 10, 9)
+    sex, patient = table["sex"].to_numpy(), table["patient_id"].to_numpy()
+    a = np.repeat(index.anchors, 4)
+    assert (sex[a] == sex[index.indices]).all() and (band[a] == band[index.indices]).all()
+    assert (patient[a] != patient[index.indices]).all()
+    with pytest.raises(MedaugError, match="set max_partners, or add a narrower column"):
+        build_pair_index(table, {"same": ["sex"]})

@@ -53,6 +53,7 @@ COUNTS = [
     ("table6", 6, []),
     ("full", 7 * 2 * 5, ["imagenet", "random"]),
     ("max_partners", 5, []),
+    ("metadata_criteria", 7, []),
 ]
 
 
@@ -153,6 +154,36 @@ def test_max_partners_sweeps_vary_the_cap_of_one_criterion(weights):
             got.append(crit.max_partners)
             assert t.label == f"max_partners={'none' if crit.max_partners is None else crit.max_partners}"
         assert got == caps
+
+
+def test_metadata_criteria_sweeps(weights):
+    from medaug.pairs import criterion_label, resolve_criterion
+
+    expected = {
+        "same_study": ("patient_same_study", "default", "view"),
+        "same_projection": ("same=patient_id+projection", "default", "view"),
+        "sex_age_band": (
+            "same=sex+age_band distinct=patient_id max_partners=4", "default", "view"
+        ),
+        "appended_by_view": ("patient_same_study", "appended", "view"),
+        "appended_by_projection": ("patient_same_study", "appended", "projection"),
+        "appended_by_sex": ("patient_same_study", "appended", "sex"),
+        "appended_by_age_band": ("patient_same_study", "appended", "age_band"),
+    }
+    for sweep in (
+        _sweep("metadata_criteria", weights),
+        load_sweep("metadata_criteria_phantom", output="/tmp/mc-out"),
+    ):
+        got = {
+            t.params["variant"]: (
+                criterion_label(resolve_criterion(c.pretrain.criterion)),
+                c.pretrain.negatives,
+                c.pretrain.hard_negatives_by,
+            )
+            for t, c in _resolved(sweep)
+            if not t.baseline
+        }
+        assert got == expected
 
 
 def test_trial_params_name_criteria_readably(weights):

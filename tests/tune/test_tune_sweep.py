@@ -2,8 +2,10 @@
 
 The default set runs one smoke sweep of two pretraining trials plus an ImageNet baseline
 whose weights file is broken, so that trial fails while the others finish; an ``mlflow
-server`` is then started on the sweep's database and queried over REST.  The slow set kills
-a running sweep with SIGKILL and resumes it, and runs a sweep on a two-node Ray cluster.
+server`` is then started on the sweep's database and queried over REST.  A one-trial sweep is
+killed with SIGKILL after its first epoch and resumed.  The slow set kills a whole sweep
+(a failing baseline, trials finished and unfinished) and resumes it, and runs a sweep on a
+two-node Ray cluster.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from medaug.cli import main as cli_main
 from medaug.tune.report import read_state
@@ -228,10 +233,16 @@ def test_smoke_sweep_runs_every_stage(smoke):
         assert (folder / "pretrain" / "checkpoints").is_dir()
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "results.json", "splits.csv", "roc.png"} <= artifacts
-    # The two trials were scored on the same label splits, against the same test set.
-    assert rows.loc[TWO[1], "linear_diff"] == pytest.approx(
-        rows.loc[TWO[1], "linear_mean"] - rows.loc[TWO[0], "linear_mean"]
+    # The paired comparison, recomputed with numpy and scipy from the per-split AUCs stored
+    # in MLflow (the two trials were scored on the same label splits).
+    per = {key: [runs[key].data.metrics[f"linear_auc_split{i}"] for i in range(2)] for key in TWO}
+    d = np.subtract(per[TWO[1]], per[TWO[0]])
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    row = rows.loc[TWO[1]]
+    assert (row["linear_diff"], row["linear_diff_low"], row["linear_diff_high"]) == pytest.approx(
+        (d.mean(), d.mean() - half, d.mean() + half)
     )
+    assert row["linear_p"] == pytest.approx(stats.ttest_rel(per[TWO[1]], per[TWO[0]]).pvalue)
     assert (output / "report" / "results.md").exists() and (output / "report" / "results.png").exists()
 
 
@@ -334,6 +345,8 @@ def test_failed_trial_is_errored_without_stopping_the_others(smoke):
     runs = _runs(output)
     failed = runs["baseline-imagenet"]
     assert failed.info.status == "FAILED" and "error" in failed.data.tags
+    p = failed.data.params  # a baseline shows no pretraining choices in the runs table
+    assert (p["criterion"], p["crop_scale"], p["negatives"]) == ("imagenet (no pretraining)", "-", "-")
     assert "linear_auc_mean" not in failed.data.metrics
     error = (output / "trials" / "baseline-imagenet" / "error.txt").read_text()
     assert "Traceback" in error
@@ -347,20 +360,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_server_answers_rest_search(smoke):
-    """An ``mlflow server`` on the sweep's database serves its runs over the REST API."""
-    output = smoke["output"]
-    state = read_state(output)
+@pytest.fixture(scope="module")
+def mlflow_server(smoke):
+    """``mlflow server`` on the smoke sweep's store, started from an empty folder; yields its
+    address."""
+    state = read_state(smoke["output"])
     port = _free_port()
-    mlflow = str(Path(PY).with_name("mlflow"))
+    cwd = smoke["output"].parent / "server-cwd"
+    cwd.mkdir()
     server = subprocess.Popen(
-        [mlflow, "server", "--backend-store-uri", state["tracking_uri"], "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [str(Path(PY).with_name("mlflow")), "server", "--backend-store-uri",
+         state["tracking_uri"], "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
@@ -371,25 +386,33 @@ def test_mlflow_server_answers_rest_search(smoke):
             if time.time() > deadline or server.poll() is not None:
                 pytest.fail("mlflow server did not come up")
             time.sleep(1)
-        with urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={state['experiment']}"
-        ) as r:
-            experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
-        body = json.dumps({
-            "experiment_ids": [experiment_id],
-            "filter": f"tags.sweep_id = '{state['sweep_id']}' and attributes.status = 'FINISHED'"
-                      " and tags.trial_kind != 'sweep'",
-            "max_results": 100,
-        }).encode()
-        request = urllib.request.Request(
-            f"{base}/api/2.0/mlflow/runs/search", data=body,
-            headers={"Content-Type": "application/json"}, method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as r:
-            found = json.loads(r.read())["runs"]
+        yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_mlflow_server_answers_rest_search(smoke, mlflow_server):
+    """An ``mlflow server`` on the sweep's database serves its runs over the REST API."""
+    output = smoke["output"]
+    state = read_state(output)
+    base = mlflow_server
+    with urllib.request.urlopen(
+        f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={state['experiment']}"
+    ) as r:
+        experiment_id = json.loads(r.read())["experiment"]["experiment_id"]
+    body = json.dumps({
+        "experiment_ids": [experiment_id],
+        "filter": f"tags.sweep_id = '{state['sweep_id']}' and attributes.status = 'FINISHED'"
+                  " and tags.trial_kind != 'sweep'",
+        "max_results": 100,
+    }).encode()
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/runs/search", data=body,
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        found = json.loads(r.read())["runs"]
     by_name = {run["info"]["run_name"]: run for run in found}
     assert sorted(by_name) == sorted(TWO)
     local = _runs(output)
@@ -398,10 +421,191 @@ def test_mlflow_server_answers_rest_search(smoke):
         assert metrics["linear_auc_mean"] == pytest.approx(local[key].data.metrics["linear_auc_mean"])
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         assert params["criterion"] == key.split("=")[1]
+    assert list((output.parent / "server-cwd").iterdir()) == []
+
+
+def _chromium() -> str:
+    """Debian's Chromium (``make browser`` installs it); the test is skipped without it,
+    except in CI, which must run it."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed: `make browser` installs Debian's package")
+    pytest.skip("chromium is not installed (`make browser` installs Debian's package)")
+
+
+def _render(chromium: str, url: str, profile: Path, *, screenshot: Path | None = None) -> str:
+    """The page at ``url`` as headless Chromium renders it (the DOM after its scripts ran
+    for up to 30 s of virtual time), or a PNG of it at ``screenshot``."""
+    cmd = [chromium, "--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+           f"--user-data-dir={profile}", "--window-size=2200,900", "--virtual-time-budget=30000"]
+    if os.geteuid() == 0:
+        cmd.append("--no-sandbox")  # Chromium's sandbox refuses to run as root
+    cmd += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class _GridCells(HTMLParser):
+    """Text of every cell of an ag-grid table (MLflow's runs table) in a dumped DOM:
+    ``{row index: {column id: text}}``; a row's pinned and scrolled parts share its index."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+            "source", "track", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, dict[str, str]] = {}
+        self._stack: list[tuple[str, int | None, str | None]] = []  # tag, row, cell
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in self.VOID:
+            return
+        a = dict(attrs)
+        row = self._stack[-1][1] if self._stack else None
+        cell = self._stack[-1][2] if self._stack else None
+        if a.get("role") == "row" and a.get("row-index", "").isdigit():
+            row, cell = int(a["row-index"]), None
+        elif row is not None and a.get("role") == "gridcell" and a.get("col-id"):
+            cell = a["col-id"]
+            self.rows.setdefault(row, {})[cell] = ""
+        self._stack.append((tag, row, cell))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._stack and self._stack[-1][1] is not None and self._stack[-1][2] is not None:
+            _, row, cell = self._stack[-1]
+            self.rows[row][cell] += data.strip()
+
+
+def _runs_table(dom: str) -> list[dict[str, str]]:
+    """The rows of MLflow's runs table, top to bottom; a run's name without the colour
+    code its cell starts with (the run's colour in charts)."""
+    parser = _GridCells()
+    parser.feed(dom)
+    rows = [parser.rows[i] for i in sorted(parser.rows)]
+    for row in rows:
+        name = row.get("attributes.`Run Name`")
+        if name is not None:
+            row["attributes.`Run Name`"] = re.sub(r"^#[0-9a-fA-F]{6}", "", name)
+    return rows
+
+
+def test_runs_table_in_a_browser(smoke, mlflow_server, tmp_path):
+    """Headless Chromium opens the address the sweep printed (on the test's server): the
+    runs table lists every trial by name with its ``linear_auc_mean`` and criterion, best
+    first; the parent run's artifacts hold the report, rendered."""
+    chromium = _chromium()
+    output = smoke["output"]
+    printed = re.search(r"then open (http://\S+)", smoke["printed"]).group(1)
+    url = printed.replace("http://127.0.0.1:5000", mlflow_server)
+    runs = _runs(output)
+    finished = {k: r for k, r in runs.items() if r.info.status == "FINISHED"}
+    assert sorted(finished) == sorted(TWO)
+    name, auc = "attributes.`Run Name`", "metrics.`linear_auc_mean`"
+    for _ in range(3):  # a busy machine may need more than one page load
+        table = _runs_table(_render(chromium, url, tmp_path / "profile"))
+        shown = {r.get(name): r for r in table}
+        if set(finished) <= set(shown) and all(shown[k].get(auc) for k in finished):
+            break
+    assert set(finished) <= set(shown), table
+    for key, run in finished.items():
+        # JavaScript prints a float as Python's repr does: the shortest round-trip digits.
+        assert shown[key][auc] == repr(run.data.metrics["linear_auc_mean"])
+        assert shown[key]["params.`criterion`"] == run.data.params["criterion"]
+    listed = [r[name] for r in table if r.get(name) in finished]
+    assert listed == sorted(finished, key=lambda k: -finished[k].data.metrics["linear_auc_mean"])
+
+    parent = tracker_from_state(read_state(output)).find_sweep_run()
+    base = url.split("/runs?")[0]
+    page = _render(chromium, f"{base}/runs/{parent.info.run_id}/artifacts/report/results.md",
+                   tmp_path / "profile")
+    assert {"results.md", "results.csv", "results.png"} <= set(re.findall(r"results\.\w+", page))
+    text = re.sub(r"<[^>]+>", " ", page)
+    for key in runs:
+        assert key in text  # a row of the rendered table
+# ---------------------------------------------------------------------------------------------
+# kill -9 and resume: one trial here, a whole sweep in the slow set
+
+
+def _checkpoints(trials: Path) -> list[Path]:
+    """Committed epoch checkpoints (``epoch_NNNN/state.pt``; not a folder still being written)."""
+    return [p for p in trials.glob("*/pretrain/checkpoints/epoch_*/state.pt")
+            if p.parent.name[len("epoch_"):].isdigit()]
+
+
+def test_kill_9_mid_pretraining_then_resume(tmp_path):
+    """SIGKILL the sweep's driver, and everything it started, as soon as its one trial has
+    finished its first of two epochs; ``--resume`` continues that trial from the epoch-1
+    checkpoint: each epoch trained once, one MLflow run."""
+    config = _sweep_file(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    raw["space"] = {"pretrain.criterion": {"grid": ["patient_same_study"]}}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    key = "criterion=patient_same_study"
+    output = tmp_path / "out"
+    trials = output / "trials"
+    cmd = [PY, "-m", "medaug.cli", "sweep", "--config", str(config), "--output", str(output),
+           "--smoke", "--quiet", "--num-cpus", "2",
+           "--set", "pretrain.epochs=2", "--set", "pretrain.max_steps_per_epoch=6"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.time() + 600
+            metrics = trials / key / "pretrain" / "metrics.jsonl"
+            while not (_checkpoints(trials) and metrics.exists()
+                       and metrics.read_text().endswith("\n")):
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "no checkpoint within 600 s"
+                time.sleep(0.2)
+            family = _children(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            # The rest goes down with it (a lost machine): no process of the first run
+            # keeps training while the second starts.
+            for pid in _alive(family):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert [p.parent.name for p in _checkpoints(trials)] == ["epoch_0001"]
+    assert not (trials / key / "trial.json").exists()
+    first_epoch = metrics.read_text().splitlines()
+
+    resumed = subprocess.run(
+        [PY, "-m", "medaug.cli", "sweep", "--output", str(output), "--resume", "--quiet",
+         "--num-cpus", "2"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = _runs(output)
+    assert sorted(runs) == [key]
+    run = runs[key]
+    assert run.info.status == "FINISHED" and "linear_auc_mean" in run.data.metrics
+    assert json.loads((trials / key / "trial.json").read_text())["run_id"] == run.info.run_id
+    folder = trials / key / "pretrain"
+    events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("start") == 1, events  # not started over
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["epoch"] == 1 and resumes[0]["source"], events
+    history = (folder / "metrics.jsonl").read_text().splitlines()
+    assert history[: len(first_epoch)] == first_epoch  # epoch 1 was not trained again
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2]
+    client = tracker_from_state(read_state(output)).client
+    assert sorted(h.step for h in client.get_metric_history(run.info.run_id, "loss")) == [1, 2]
+    assert (output / "report" / "results.md").exists()
 
 
 # ---------------------------------------------------------------------------------------------
-# Slow: kill -9 and resume; a two-node cluster
+# Slow: kill -9 and resume of a whole sweep; a two-node cluster
 
 
 def _children(pid: int) -> set[int]:
@@ -454,7 +658,7 @@ def test_kill_9_then_resume(tmp_path):
     try:
         # Kill once some trial has a checkpoint and at least one trial is not finished.
         while time.time() < deadline:
-            ckpts = list(trials.glob("*/pretrain/checkpoints/epoch_*/state.pt"))
+            ckpts = _checkpoints(trials)
             done = list(trials.glob("*/trial.json"))
             if ckpts and len(done) < 2:
                 break
@@ -464,9 +668,7 @@ def test_kill_9_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         finished_before = {p.parent.name: p.stat().st_mtime for p in trials.glob("*/trial.json")}
-        interrupted = {
-            p.parents[3].name for p in trials.glob("*/pretrain/checkpoints/epoch_*/state.pt")
-        } - set(finished_before)
+        interrupted = {p.parents[3].name for p in _checkpoints(trials)} - set(finished_before)
         # Whatever Ray left behind winds down once its driver is gone; wait for it, so the
         # resumed sweep does not share trial folders with stragglers.
         end = time.time() + 120

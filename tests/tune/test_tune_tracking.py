@@ -57,6 +57,11 @@ def test_view_state_shows_the_comparison_columns():
         "metrics.`e2e_auc_mean`", "metrics.`e2e_auc_std`",
         "params.`criterion`", "params.`crop_scale`", "params.`negatives`",
     ]
+    assert view["columnOrder"][:4] == [
+        "attributes.`Run Name`", "runDateAndNestInfo", "attributes.`Dataset`", "duration"
+    ]
+    assert view["columnOrder"][4:] == view["selectedColumns"][1:]
+    assert set(view["columnWidths"]) == set(view["columnOrder"])
     assert view_state("knn_auc_best")["selectedColumns"][1:4] == [
         "metrics.`knn_auc_best`", "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`"
     ]
