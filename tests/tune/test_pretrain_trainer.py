@@ -62,11 +62,11 @@ def test_two_ray_workers_train_and_checkpoint(ray_cluster, phantom_dir, tmp_path
     assert [m["epoch"] for m in metrics] == [1]
     # Two workers of 4 images each: a global batch of 8, so the queue pointer is at 2 x 8.
     state = load_state(out / "checkpoints" / "epoch_0001")
-    assert int(state["queue"]["ptr"]) == 16 and state["world_size"] == 2
-    assert (state["queue"]["view"][:16] >= 0).all() and (state["queue"]["view"][16:] == -1).all()
+    assert int(state["extra"]["queue"]["ptr"]) == 16 and state["world_size"] == 2
+    assert (state["extra"]["queue"]["view"][:16] >= 0).all() and (state["extra"]["queue"]["view"][16:] == -1).all()
     ray_copy = summary["ray_checkpoint"]
     assert ray_copy and (out / "ray").resolve() in Path(ray_copy).resolve().parents
-    assert torch.equal(load_state(ray_copy)["queue"]["keys"], state["queue"]["keys"])
+    assert torch.equal(load_state(ray_copy)["extra"]["queue"]["keys"], state["extra"]["queue"]["keys"])
     events = _lines(out / "events.jsonl")
     assert events[0]["event"] == "start" and events[0]["world_size"] == 2
 
@@ -107,7 +107,7 @@ def test_local_mode_trains_in_this_process_like_the_plain_loop(phantom_dir, tmp_
     assert plain_state["model"].keys() == local_state["model"].keys()
     for name, value in plain_state["model"].items():  # both encoders and the heads
         assert torch.equal(local_state["model"][name], value), name
-    assert torch.equal(local_state["queue"]["keys"], plain_state["queue"]["keys"])
+    assert torch.equal(local_state["extra"]["queue"]["keys"], plain_state["extra"]["queue"]["keys"])
     losses = [m["loss"] for m in _lines(ray_out / "metrics.jsonl")]
     assert losses == [m["loss"] for m in reported]
 
