@@ -200,7 +200,7 @@ def mix_pairs(
     count = valid.sum(dim=1, keepdim=True).clamp(min=1)  # N x 1; 0-count rows are masked later
     others = (count - 1).clamp(min=1)  # N x 1: choices for the second sample
     i = (_rand((n, mm), generator, sampled.device) * count).long()  # N x m
-    i = torch.minimum(i, count - 1)  # guards the float32 rounding of u * c up to c
+    i = torch.minimum(i, count - 1)  # guards a product u * c rounded up to c
     j = (_rand((n, mm), generator, sampled.device) * others).long()  # N x m
     j = torch.minimum(j, others - 1)
     j = torch.where(count > 1, j + (j >= i).long(), i)  # skip i; a lone sample mixes with itself
