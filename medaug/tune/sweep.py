@@ -383,14 +383,16 @@ def start_sweep_run(
     stages = ["linear"]
     if any(sweep.resolve(p).eval.e2e for p in sample_points(sweep)):
         stages.append("e2e")
+    space = sweep.space
+    # Optuna draws its trials as it goes: only the baselines are planned.
+    planned = len(state["trials"]) + (sweep.tune.num_samples if space.continuous else 0)
     exp = tracker.client.get_experiment(tracker.experiment_id)
     description = exp.tags.get(NOTE_TAG) or (
-        f"Sweep **{sweep.name}** is running: {len(state['trials']) or sweep.tune.num_samples} "
-        f"trials. The results table appears here when it ends ({output / 'report'})."
+        f"Sweep **{sweep.name}** is running: {planned} trials. The results table appears "
+        f"here when it ends ({output / 'report'})."
     )
     tracker.setup_experiment(view_state(sweep.tune.metric, stages), description)
     run_id = tracker.start_sweep(sweep.name)
-    space = sweep.space
     params: dict[str, Any] = {
         "sweep": sweep.name,
         "sweep_id": tracker.sweep_id,
@@ -398,7 +400,7 @@ def start_sweep_run(
         "output": str(output),
         "smoke": state["smoke"],
         "metric": f"{sweep.tune.metric} ({sweep.tune.mode})",
-        "trials": len(state["trials"]) if not space.continuous else sweep.tune.num_samples,
+        "trials": planned,
         "baselines": sweep.baselines,
     }
     params.update({f"space.{k}": v for k, v in space.grid.items()})
