@@ -201,10 +201,11 @@ def run_sweep(
             order={t.key: i for i, t in enumerate(trials)},
             progress=progress,
         )
-        errored: list[Any] = []
-        if not (trials and not sweep.space.continuous and all(
+        complete = bool(trials) and not sweep.space.continuous and all(
             (trial_dir(output, t.key) / DONE_FILE).exists() for t in trials
-        )):  # else every trial is complete: nothing for Ray to do
+        )
+        errored: list[Any] = []
+        if not complete:  # a complete sweep needs no Ray: its report is only rebuilt
             grids = _run_tune(sweep, ctx, output, resume, ray_address, num_cpus, progress)
             errored = [r for grid in grids for r in grid if getattr(r, "error", None) is not None]
         table, paths = publish_report(output, uri)
