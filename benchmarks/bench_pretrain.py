@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config({
         "data": {"csv": str(data_dir / "train.csv"), "image_size": args.size,
                  "cache_dir": str(work / "cache")},
-        "pretrain": {"arch": args.arch, "batch_size": args.batch, "queue_size": args.queue,
+        "moco": {"queue_size": args.queue},
+        "pretrain": {"arch": args.arch, "batch_size": args.batch,
                      "use_gpu": device.type == "cuda"},
     })
     data = prepare_data(cfg, work, progress=False)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def build(strategy: str):
         """The MoCo method with ``strategy`` (same initial weights every time), its optimiser."""
-        cfg.pretrain.negatives = strategy
+        cfg.moco.negatives = strategy
         torch.manual_seed(0)
         method = get_method("moco")(cfg, data, device, gen)
         method.module.train()
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     # (a) the bare loop: fresh random inputs every step (a fixed batch would be learnt by
     # heart within a few steps, and the vanishing gradients that follow run at the speed of
     # denormal arithmetic on CPUs), and a fixed random queue.
-    bank = F.normalize(torch.randn(args.queue, p.head_dim, device=device), dim=1)  # K x C
+    bank = F.normalize(torch.randn(args.queue, cfg.moco.head_dim, device=device), dim=1)  # K x C
     shape = (args.batch, 3, args.size, args.size)
 
     def bare_step() -> None:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             q, k = model(x_q, x_k, gen)  # B x C, B x C
         l_pos = (q * k).sum(1, keepdim=True)  # B x 1
-        logits = torch.cat([l_pos, q @ bank.T], dim=1) / p.temperature  # B x (1 + K)
+        logits = torch.cat([l_pos, q @ bank.T], dim=1) / cfg.moco.temperature  # B x (1 + K)
         loss = F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=device))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -195,14 +196,14 @@ def main(argv: list[str] | None = None) -> int:
                 augment(x, gen, args.size, **aug)  # B x 3 x S x S
             _sync(device)
             t1 = time.perf_counter()
-            q = F.normalize(torch.randn(args.batch, p.head_dim, device=device), dim=1)
+            q = F.normalize(torch.randn(args.batch, cfg.moco.head_dim, device=device), dim=1)
             q.requires_grad_(True)
-            k = F.normalize(torch.randn(args.batch, p.head_dim, device=device), dim=1)
+            k = F.normalize(torch.randn(args.batch, cfg.moco.head_dim, device=device), dim=1)
             q_view = torch.from_numpy(data.view[rows_q]).to(device)
-            loss, _ = contrastive_loss(q, k, queue, q_view, strategy, p.temperature,
-                                       t=p.reweight_t, m=p.n_hard, generator=gen,
+            loss, _ = contrastive_loss(q, k, queue, q_view, strategy, cfg.moco.temperature,
+                                       t=cfg.moco.reweight_t, m=cfg.moco.n_hard, generator=gen,
                                        q_image=torch.from_numpy(rows_q).to(device),
-                                       keep_own_image=p.keep_own_image_negatives)
+                                       keep_own_image=cfg.moco.keep_own_image_negatives)
             loss.backward()
             rows_t = torch.from_numpy(rows_k)
             queue.enqueue(k, torch.from_numpy(data.view[rows_k]).to(device),
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = anchor_rows[(np.arange(args.batch) + start) % len(anchor_rows)]
             rows_t = torch.from_numpy(rows)
             queue.enqueue(
-                F.normalize(torch.randn(args.batch, p.head_dim), dim=1).to(device),
+                F.normalize(torch.randn(args.batch, cfg.moco.head_dim), dim=1).to(device),
                 torch.from_numpy(data.view[rows]).to(device), torch.from_numpy(data.patient[rows]).to(device),
                 torch.from_numpy(data.study[rows]).to(device), rows_t.to(device),
             )

@@ -44,7 +44,9 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
-    """One MoCo v2 pretraining job (section 2 and Appendix B of the MedAug paper)."""
+    """What every pretraining method shares: pairs, augmentation, optimiser, schedule,
+    runtime, checkpoints and the kNN monitor.  Each method's own settings have their own
+    section (``moco``, ``mvmae``), checked only when that method is chosen."""
 
     method: str = "moco"  # a name from medaug.methods (moco | mvmae) or package.module:Class
     criterion: str | dict[str, Any] = "patient_same_study"  # a name or a grammar mapping
@@ -53,19 +55,9 @@ class PretrainConfig:
     anchors_with: str | dict[str, Any] | None = None  # only anchors with a partner (not x) under it
     crop_scale: float | None = None  # None = no random resized crop; paper: 0.95
     crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # crop w/h range (MoCo v2's)
-    negatives: str = "default"
-    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
-    hard_negatives_by: str = "view"  # the strategies' "laterality": view, projection, sex, age_band, ...
-    reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
-    n_hard: int = 16  # m for the appended / synthetic strategies
     arch: str = "resnet18"
     init: str = "random"  # random | imagenet
     weights: str | None = None  # local ImageNet weights file when init = imagenet
-    head_hidden: int = 512
-    head_dim: int = 128
-    queue_size: int = 4096
-    momentum: float = 0.999
-    temperature: float = 0.2
     optimizer: str = "adam"  # adam | adamw | sgd
     sgd_momentum: float = 0.9
     lr: float = 1e-4
@@ -79,7 +71,6 @@ class PretrainConfig:
     epochs: int = 20
     rotation: float = 10.0
     hflip: float = 0.5
-    bn_groups: int = 2  # batch-split BN groups for the key encoder on one worker
     num_workers: int = 1  # Ray Train workers; 0 = Ray Train local mode (calling process)
     cpus_per_worker: float = 1.0  # CPUs each Ray Train worker reserves
     use_gpu: bool = False
@@ -92,6 +83,59 @@ class PretrainConfig:
     knn_bank: int = 2000  # pool images embedded as the kNN memory bank
     knn_queries: int = 1000  # selection-set images scored by the monitor (never test images)
     max_steps_per_epoch: int | None = None
+
+
+@dataclass
+class MocoConfig:
+    """MoCo v2's own settings (section 2 and Appendix B of the MedAug paper); the
+    augmentations are the generic ones of ``pretrain``."""
+
+    negatives: str = "default"
+    keep_own_image_negatives: bool = False  # true: keys of the query's own image stay negatives
+    hard_negatives_by: str = "view"  # the strategies' "laterality": view, projection, sex, age_band, ...
+    reweight_t: float = 0.1  # share of negative weight given to same-laterality keys
+    n_hard: int = 16  # m for the appended / synthetic strategies
+    head_hidden: int = 512
+    head_dim: int = 128
+    queue_size: int = 4096
+    momentum: float = 0.999
+    temperature: float = 0.2
+    bn_groups: int = 2  # batch-split BN groups for the key encoder on one worker
+
+
+@dataclass
+class MvmaeConfig:
+    """One multi-view MAE: encoder, masking, decoder, losses, beta ramp, augmentation, pooling."""
+
+    # Encoder: a named size, each dimension overridable.
+    vit: str = "vit_base"  # a name of medaug.mvmae.config.VIT_SIZES
+    embed_dim: int | None = None  # None = the size's width
+    depth: int | None = None  # None = the size's depth
+    num_heads: int | None = None  # None = the size's heads
+    patch_size: int = 16
+    qk_norm: bool = True
+    # Masking: share of each view's patches hidden from the encoder.
+    mask_ratio: float = 0.93
+    # Decoder (reference: 4 layers, 768 wide, 12 heads).
+    decoder_dim: int = 768
+    decoder_depth: int = 4
+    decoder_heads: int = 12
+    norm_pix_loss: bool = False  # true: targets normalised per patch (the reference: false)
+    # Alignment of the two views' pooled embeddings.
+    align: str = "mse"  # mse (summed over dimensions) | cosine | infonce
+    temperature: float = 0.5  # InfoNCE only
+    stop_grad: bool = False  # true: the partner's embedding is a fixed target
+    beta_max: float = 2.0
+    beta_schedule: str = "sigmoid"  # sigmoid | linear | constant
+    beta_steepness: float = 10.0  # sigmoid only: the slope k at progress 1/2
+    # Per-view augmentation (grey films).
+    crop_scale: float = 0.5  # random resized crop, area share in [crop_scale, 1], ratio 1
+    hflip: float = 0.5
+    brightness: float = 0.4  # factor uniform in [1 - b, 1 + b]
+    contrast: float = 0.4  # factor uniform in [1 - c, 1 + c]
+    jitter_prob: float = 0.8  # probability that an image is jittered at all
+    # Evaluation features of the unmasked encoder.
+    pooling: str = "cls"  # cls | mean (of the patch tokens)
 
 
 @dataclass
@@ -136,12 +180,18 @@ class EvalConfig:
     roc_plot: bool = True
 
 
+# The config sections that belong to one method each (the method of the same name).
+METHOD_SECTIONS: tuple[str, ...] = ("moco", "mvmae")
+
+
 @dataclass
 class Config:
     """The whole resolved configuration of one job."""
 
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    mvmae: MvmaeConfig = field(default_factory=MvmaeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output: str = "runs/default"
@@ -377,13 +427,24 @@ def check_config(cfg: Config) -> None:
     for key in ("criterion", "size_match", "anchors_with"):
         if getattr(p, key) is not None:
             check_criterion_setting(getattr(p, key), f"pretrain.{key}")
-    from medaug.data.groups import check_grouping
-
-    check_grouping(p.hard_negatives_by)
     # The chosen method's own rules, and only its (they import the method, hence torch).
     from medaug.methods import get_method
 
-    get_method(p.method).check(cfg)
+    method = get_method(p.method)
+    for section in METHOD_SECTIONS:
+        if section == method.config_section:
+            continue
+        given = getattr(cfg, section)
+        default = type(given)()
+        changed = [f"{section}.{f.name}" for f in dataclasses.fields(given)
+                   if getattr(given, f.name) != getattr(default, f.name)]
+        if changed:
+            raise MedaugError(
+                f"{', '.join(changed)} set, but pretrain.method is {p.method!r}: the "
+                f"{section} section belongs to method {section!r} (set pretrain.method={section} "
+                "or drop those keys)"
+            )
+    method.check(cfg)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

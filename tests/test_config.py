@@ -18,7 +18,7 @@ from medaug.errors import MedaugError
 def test_defaults_match_reference_settings():
     cfg = Config()
     p = cfg.pretrain
-    assert (p.momentum, p.temperature, p.lr, p.weight_decay) == (0.999, 0.2, 1e-4, 1e-4)
+    assert (cfg.moco.momentum, cfg.moco.temperature, p.lr, p.weight_decay) == (0.999, 0.2, 1e-4, 1e-4)
     assert p.lr_milestones == [12, 18] and p.lr_gamma == 0.1
     assert (cfg.eval.linear_lr, cfg.eval.linear_batch_size, cfg.eval.linear_epochs) == (3e-5, 16, 95)
     assert cfg.eval.fraction == 0.01 and cfg.eval.n_splits == 5
@@ -41,7 +41,7 @@ def test_layers_apply_in_order(tmp_path):
         ("nonsense=1", "unknown config key 'nonsense'"),
         ("pretrain.epochs=three", "expected an integer"),
         ("pretrain.crop_scale=1.5", "crop_scale"),
-        ("pretrain.queue_size=100", "divisible by the global batch"),
+        ("moco.queue_size=100", "divisible by the global batch"),
         ("data.uncertain=maybe", "uncertain-label policy"),
         ("data.target=Flu", "unknown observation"),
         ("pretrain.criterion=same_hospital", "same_hospital"),

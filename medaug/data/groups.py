@@ -4,7 +4,7 @@ or any other categorical column.
 A grouping names, for every image, the group it belongs to.  The hard-negative strategies
 of the MedAug paper (Appendix B) compare a query with the keys of its own laterality; the
 paper suggests that "other metadata such as age and sex may be exploited for the same
-purpose", so ``pretrain.hard_negatives_by`` takes any grouping named here.
+purpose", so ``moco.hard_negatives_by`` takes any grouping named here.
 
 Age bands are decades, defined once here: ``0-9``, ``10-19``, ..., ``80-89`` and ``90+``
 (an age of 89.9 is in ``80-89``, 90 in ``90+``).
@@ -43,7 +43,7 @@ CATEGORICAL_COLUMNS: tuple[str, ...] = ("patient_id", "study_id", "study_order",
 GROUPINGS: tuple[str, ...] = (*_NAMED, *CATEGORICAL_COLUMNS)
 
 
-def check_grouping(name: str, key: str = "pretrain.hard_negatives_by") -> str:
+def check_grouping(name: str, key: str = "moco.hard_negatives_by") -> str:
     """Return ``name`` if it names a grouping, else raise a MedaugError listing them."""
     if name not in GROUPINGS:
         raise MedaugError(

@@ -88,8 +88,6 @@ def check_pretrain(cfg: Config) -> None:
         ("knn_k", p.knn_k, 1),
         ("knn_bank", p.knn_bank, 1),
         ("knn_queries", p.knn_queries, 1),
-        ("queue_size", p.queue_size, 1),
-        ("bn_groups", p.bn_groups, 1),
         ("max_failures", p.max_failures, -1),
     ):
         if value < low:
@@ -98,8 +96,8 @@ def check_pretrain(cfg: Config) -> None:
         raise MedaugError(
             f"pretrain.max_steps_per_epoch must be at least 1 or none, got {p.max_steps_per_epoch}"
         )
-    if p.lr <= 0 or p.weight_decay < 0 or not 0 < p.temperature:
-        raise MedaugError("pretrain.lr and pretrain.temperature must be positive, weight_decay >= 0")
+    if p.lr <= 0 or p.weight_decay < 0:
+        raise MedaugError("pretrain.lr must be positive and pretrain.weight_decay >= 0")
     if not 0.0 <= p.hflip <= 1.0:
         raise MedaugError(f"pretrain.hflip is a probability in [0, 1], got {p.hflip}")
     if p.rotation < 0:
@@ -283,7 +281,7 @@ def pretrain(
             images_per_s, n_fallback_pairs (anchors of the epoch paired with themselves
             because S_c(x) was empty), n_neg_fallback, n_neg_short, n_neg_own (queue keys of
             the query's own image, summed over the epoch's queries: no negatives unless
-            pretrain.keep_own_image_negatives), n_neg_own_queries (from the loss), knn_auc
+            moco.keep_own_image_negatives), n_neg_own_queries (from the loss), knn_auc
             (None on epochs without monitor), best_epoch, best_knn_auc.
         resume: continue from the newest checkpoint of ``resume_from`` and ``out_dir``; with
             False, a previous run in ``out_dir`` is cleared and training starts over.

@@ -44,7 +44,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if n % g:
             raise MedaugError(
                 f"a batch of {n} images cannot be split into {g} BN groups: choose "
-                "pretrain.bn_groups dividing pretrain.batch_size (and drop incomplete batches)"
+                "moco.bn_groups dividing pretrain.batch_size (and drop incomplete batches)"
             )
         # Sample n = a * G + g lands in channel block g of row a: one F.batch_norm call
         # normalises every group with its own statistics, without copying the input.

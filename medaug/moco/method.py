@@ -31,46 +31,52 @@ class MocoMethod(Method):
     """Query encoder + momentum key encoder + key queue with metadata (MoCo v2)."""
 
     name = "moco"
+    config_section = "moco"
 
     def __init__(self, cfg: Config, data: PreparedData, device: torch.device,
                  generator: torch.Generator) -> None:
         super().__init__(cfg, data, device, generator)
-        p = cfg.pretrain
-        self.model = MoCo.from_config(p).to(device)
+        p, m = cfg.pretrain, cfg.moco
+        self.model = MoCo.from_config(cfg).to(device)
         self.module = self.model
         self.queue = KeyQueue(
-            p.queue_size, p.head_dim, generator=torch.Generator().manual_seed(cfg.seed)
+            m.queue_size, m.head_dim, generator=torch.Generator().manual_seed(cfg.seed)
         ).to(device)
         self.size = cfg.data.image_size
         self.aug = dict(
             hflip=p.hflip, rotation=p.rotation, crop_scale=p.crop_scale,
             crop_ratio=tuple(p.crop_ratio),
         )
-        self.loss_args = dict(t=p.reweight_t, m=p.n_hard, keep_own_image=p.keep_own_image_negatives)
-        self.strategy, self.temperature = p.negatives, p.temperature
+        self.loss_args = dict(t=m.reweight_t, m=m.n_hard, keep_own_image=m.keep_own_image_negatives)
+        self.strategy, self.temperature = m.negatives, m.temperature
         self.view = torch.from_numpy(data.view)  # N
         self.patient = torch.from_numpy(data.patient)  # N
         self.study = torch.from_numpy(data.study)  # N
         # The strategies' "laterality": the hard-negative group of every table row.
-        self.group = torch.from_numpy(group_codes(data.table, p.hard_negatives_by)[0])  # N
+        self.group = torch.from_numpy(group_codes(data.table, m.hard_negatives_by)[0])  # N
         self._pending: tuple | None = None
 
     @classmethod
     def check(cls, cfg: Config) -> None:
-        p = cfg.pretrain
-        check_strategy(p.negatives)
+        from medaug.data.groups import check_grouping
+
+        p, m = cfg.pretrain, cfg.moco
+        check_strategy(m.negatives)
+        check_grouping(m.hard_negatives_by)
         global_batch = p.batch_size * max(1, p.num_workers)
-        if p.queue_size % global_batch:
+        if m.queue_size < 1 or m.queue_size % global_batch:
             raise MedaugError(
-                f"pretrain.queue_size ({p.queue_size}) must be divisible by the global batch "
-                f"(batch_size {p.batch_size} x num_workers {p.num_workers} = {global_batch})"
+                f"moco.queue_size ({m.queue_size}) must be positive and divisible by the global "
+                f"batch (batch_size {p.batch_size} x num_workers {p.num_workers} = {global_batch})"
             )
-        if p.bn_groups < 1 or p.batch_size % p.bn_groups:
+        if m.bn_groups < 1 or p.batch_size % m.bn_groups:
             raise MedaugError(
-                f"pretrain.bn_groups ({p.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
+                f"moco.bn_groups ({m.bn_groups}) must divide pretrain.batch_size ({p.batch_size})"
             )
-        if not 0.0 < p.reweight_t < 1.0:
-            raise MedaugError(f"pretrain.reweight_t must lie in (0, 1), got {p.reweight_t}")
+        if not 0.0 < m.reweight_t < 1.0:
+            raise MedaugError(f"moco.reweight_t must lie in (0, 1), got {m.reweight_t}")
+        if m.temperature <= 0:
+            raise MedaugError(f"moco.temperature must be positive, got {m.temperature}")
 
     def step(self, net: torch.nn.Module, rows_a: np.ndarray, rows_b: np.ndarray
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

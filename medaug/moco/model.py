@@ -123,16 +123,18 @@ class MoCo(nn.Module):
         self.dim = dim
 
     @classmethod
-    def from_config(cls, p) -> MoCo:
-        """Build from a :class:`medaug.config.PretrainConfig`."""
+    def from_config(cls, cfg) -> MoCo:
+        """Build from a :class:`medaug.config.Config` (``pretrain``: the backbone; ``moco``:
+        head, momentum, BN groups)."""
+        p, m = cfg.pretrain, cfg.moco
         return cls(
             arch=p.arch,
             init=p.init,
             weights=p.weights,
-            hidden=p.head_hidden,
-            dim=p.head_dim,
-            momentum=p.momentum,
-            bn_groups=p.bn_groups,
+            hidden=m.head_hidden,
+            dim=m.head_dim,
+            momentum=m.momentum,
+            bn_groups=m.bn_groups,
         )
 
     def backbone(self) -> nn.Module:

@@ -34,7 +34,7 @@ Empty queue slots (group == -1, still holding MoCo's random initial keys):
 "Laterality" is the paper's word for the group that makes a key a hard negative.  The
 strategies only compare int codes: a query's group code with each slot's.  By default these
 are the laterality codes of :mod:`medaug.moco.queue` (0 frontal, 1 lateral, 2 other); with
-``pretrain.hard_negatives_by`` they are the codes of another grouping of the images
+``moco.hard_negatives_by`` they are the codes of another grouping of the images
 (projection, sex, age band or any categorical column, :mod:`medaug.data.groups`), and every
 strategy works on them unchanged.
 """
@@ -124,7 +124,7 @@ def check_strategy(name: str) -> str:
     """Return ``name`` if it is a registered strategy, else raise a MedaugError listing them."""
     if name not in _REGISTRY:
         raise MedaugError(
-            f"unknown negative strategy {name!r} (pretrain.negatives); "
+            f"unknown negative strategy {name!r} (moco.negatives); "
             f"valid: {', '.join(_REGISTRY)}"
         )
     return name

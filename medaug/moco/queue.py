@@ -5,7 +5,7 @@ study and table row of the image the KEY encoder saw (x', the positive partner),
 anchor's: the laterality strategies compare a query with the images behind the keys, so
 storing the anchor's metadata would mislabel every cross-laterality pair.  It also keeps
 the key image's hard-negative group: its laterality by default, or the code of any other
-grouping (``pretrain.hard_negatives_by``: projection, sex, age band, ...,
+grouping (``moco.hard_negatives_by``: projection, sex, age band, ...,
 :mod:`medaug.data.groups`), which is what the laterality strategies compare.
 
 All state lives in buffers, so ``state_dict()`` carries the queue across checkpoints.
@@ -118,7 +118,7 @@ class KeyQueue(nn.Module):
         if self.size % b:
             raise MedaugError(
                 f"queue size {self.size} is not divisible by the global batch {b}: set "
-                "pretrain.queue_size to a multiple of batch_size x num_workers (and drop the "
+                "moco.queue_size to a multiple of batch_size x num_workers (and drop the "
                 "last incomplete batch)"
             )
         view = meta["view"]

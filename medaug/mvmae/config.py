@@ -1,4 +1,5 @@
-"""The multi-view MAE's own settings (the ``mvmae`` section) and their one check.
+"""The multi-view MAE's settings (the ``mvmae`` section, ``medaug.config.MvmaeConfig``): the
+named sizes, the vocabularies and their one check.
 
 Defaults follow the reference set-up of the structure-aware MAE: ViT-B/16 with qk-norm, mask
 ratio 0.93, a 4-layer decoder 768 wide with 12 heads, MSE alignment ramped to beta = 2 on a
@@ -8,8 +9,7 @@ brightness/contrast jitter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from medaug.config import MvmaeConfig
 from medaug.errors import MedaugError
 
 # Encoder sizes by name: (width, depth, heads).  "vit_base" is the paper's; "vit_micro" and
@@ -24,41 +24,6 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
 ALIGN_DISTANCES: tuple[str, ...] = ("mse", "cosine", "infonce")
 BETA_SCHEDULES: tuple[str, ...] = ("sigmoid", "linear", "constant")
 POOLINGS: tuple[str, ...] = ("cls", "mean")
-
-
-@dataclass
-class MvmaeConfig:
-    """One multi-view MAE: encoder, masking, decoder, losses, beta ramp, augmentation, pooling."""
-
-    # Encoder: a named size, each dimension overridable.
-    vit: str = "vit_base"  # a name of VIT_SIZES
-    embed_dim: int | None = None  # None = the size's width
-    depth: int | None = None  # None = the size's depth
-    num_heads: int | None = None  # None = the size's heads
-    patch_size: int = 16
-    qk_norm: bool = True
-    # Masking: share of each view's patches hidden from the encoder.
-    mask_ratio: float = 0.93
-    # Decoder (reference: 4 layers, 768 wide, 12 heads).
-    decoder_dim: int = 768
-    decoder_depth: int = 4
-    decoder_heads: int = 12
-    norm_pix_loss: bool = False  # true: targets normalised per patch (the reference: false)
-    # Alignment of the two views' pooled embeddings.
-    align: str = "mse"  # mse (summed over dimensions) | cosine | infonce
-    temperature: float = 0.5  # InfoNCE only
-    stop_grad: bool = False  # true: the partner's embedding is a fixed target
-    beta_max: float = 2.0
-    beta_schedule: str = "sigmoid"  # sigmoid | linear | constant
-    beta_steepness: float = 10.0  # sigmoid only: the slope k at progress 1/2
-    # Per-view augmentation (grey films).
-    crop_scale: float = 0.5  # random resized crop, area share in [crop_scale, 1], ratio 1
-    hflip: float = 0.5
-    brightness: float = 0.4  # factor uniform in [1 - b, 1 + b]
-    contrast: float = 0.4  # factor uniform in [1 - c, 1 + c]
-    jitter_prob: float = 0.8  # probability that an image is jittered at all
-    # Evaluation features of the unmasked encoder.
-    pooling: str = "cls"  # cls | mean (of the patch tokens)
 
 
 def vit_dims(cfg: MvmaeConfig) -> tuple[int, int, int]:

@@ -58,21 +58,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medaug.config import Config, build_config, flatten, parse_override, read_yaml
+from medaug.config import (
+    METHOD_SECTIONS,
+    Config,
+    PretrainConfig,
+    build_config,
+    flatten,
+    parse_override,
+    read_yaml,
+)
 from medaug.errors import MedaugError
 
-SWEEP_KEYS: tuple[str, ...] = (
-    "name",
-    "description",
-    "data",
-    "pretrain",
-    "eval",
-    "seed",
-    "space",
-    "tune",
-    "baselines",
-)
-FIXED_SECTIONS: tuple[str, ...] = ("data", "pretrain", "eval", "seed")
+# The config's own sections (data, pretrain, each method's, eval) and seed; the output is
+# the sweep's to set.
+FIXED_SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config)
+                                        if f.name != "output")
+SWEEP_KEYS: tuple[str, ...] = ("name", "description", *FIXED_SECTIONS, "space", "tune",
+                               "baselines")
 TUNE_KEYS: tuple[str, ...] = (
     "metric",
     "mode",
@@ -212,7 +214,13 @@ class SweepConfig:
             settings["seed"] = int(settings.get("seed", 0)) + int(params[REPEAT])
         if params.get(BASELINE) == "imagenet":
             _deep_set(settings, ["pretrain", "init"], "imagenet")
-        _deep_merge(settings, copy.deepcopy(self.forced))
+        forced = copy.deepcopy(self.forced)
+        # A method's own section is forced only on trials of that method.
+        method = (settings.get("pretrain") or {}).get("method", PretrainConfig.method)
+        for section in METHOD_SECTIONS:
+            if section != method:
+                forced.pop(section, None)
+        _deep_merge(settings, forced)
         if output is not None:
             settings["output"] = output
         return build_config(settings)
@@ -670,14 +678,16 @@ SMOKE_SETTINGS: dict[str, Any] = {
         "batch_size": 8,
         "num_workers": 1,
         "use_gpu": False,
-        "queue_size": 64,
-        "n_hard": 4,
         "knn_bank": 64,
         "knn_queries": 32,
         "knn_k": 5,
         "lr_milestones": [],
         "max_failures": 0,
     },
+    "moco": {"queue_size": 64, "n_hard": 4},
+    # A ViT of two 64-wide layers on 8 px patches of the 32 px images (16 patches, 4 seen).
+    "mvmae": {"vit": "vit_nano", "patch_size": 8, "mask_ratio": 0.75, "decoder_dim": 64,
+              "decoder_depth": 1, "decoder_heads": 2},
     "eval": {
         "n_splits": 2,
         "fraction": 0.25,

@@ -64,10 +64,10 @@ STAGES: tuple[str, ...] = ("linear", "e2e")
 SUMMARY_PARAMS: dict[str, str] = {
     "criterion": "pretrain.criterion",
     "crop_scale": "pretrain.crop_scale",
-    "negatives": "pretrain.negatives",
+    "negatives": "moco.negatives",
     "size_match": "pretrain.size_match",
     "distinct_only": "pretrain.distinct_only",
-    "reweight_t": "pretrain.reweight_t",
+    "reweight_t": "moco.reweight_t",
 }
 # The summary params shown as columns of the runs table (the others are one click away).
 TABLE_PARAMS: tuple[str, ...] = ("criterion", "crop_scale", "negatives")

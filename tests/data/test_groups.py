@@ -70,7 +70,7 @@ def test_unknown_groupings_and_values_are_one_line_errors():
 
 
 def test_config_takes_a_grouping_and_checks_it():
-    assert build_config().pretrain.hard_negatives_by == "view"
-    assert build_config(None, ["pretrain.hard_negatives_by=sex"]).pretrain.hard_negatives_by == "sex"
-    with pytest.raises(MedaugError, match="pretrain.hard_negatives_by: unknown grouping 'gender'"):
-        build_config(None, ["pretrain.hard_negatives_by=gender"])
+    assert build_config().moco.hard_negatives_by == "view"
+    assert build_config(None, ["moco.hard_negatives_by=sex"]).moco.hard_negatives_by == "sex"
+    with pytest.raises(MedaugError, match="moco.hard_negatives_by: unknown grouping 'gender'"):
+        build_config(None, ["moco.hard_negatives_by=gender"])

@@ -35,7 +35,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_config(phantom_dir, cache_dir):
-    """``tiny_config(*overrides)``: ResNet-18, 32 px, K = 64, batch 8, 2 epochs of 2 steps."""
+    """``tiny_config(*overrides)``: ResNet-18, 32 px, batch 8, 2 epochs of 2 steps (MoCo: K = 64,
+    two BN groups)."""
 
     def make(*overrides: str) -> Config:
         base = {
@@ -47,9 +48,7 @@ def tiny_config(phantom_dir, cache_dir):
             },
             "pretrain": {
                 "arch": "resnet18",
-                "queue_size": 64,
                 "batch_size": 8,
-                "bn_groups": 2,
                 "epochs": 2,
                 "max_steps_per_epoch": 2,
                 "knn_bank": 100,
@@ -57,6 +56,9 @@ def tiny_config(phantom_dir, cache_dir):
                 "knn_k": 5,
             },
         }
+        methods = [o.split("=", 1)[1] for o in overrides if o.startswith("pretrain.method=")]
+        if not methods or methods[-1] == "moco":  # MoCo's own section, for MoCo runs only
+            base["moco"] = {"queue_size": 64, "bn_groups": 2}
         return build_config(base, list(overrides))
 
     return make

@@ -14,7 +14,8 @@ def config_file(tmp_path, phantom_dir, cache_dir):
     path.write_text(yaml.safe_dump({
         "data": {"csv": str(phantom_dir / "train.csv"), "image_size": 32,
                  "cache_dir": str(cache_dir), "num_loader_workers": 1},
-        "pretrain": {"queue_size": 64, "batch_size": 8, "epochs": 1, "max_steps_per_epoch": 1,
+        "moco": {"queue_size": 64},
+        "pretrain": {"batch_size": 8, "epochs": 1, "max_steps_per_epoch": 1,
                      "knn_bank": 60, "knn_k": 5},
     }))
     return path
@@ -23,7 +24,7 @@ def config_file(tmp_path, phantom_dir, cache_dir):
 def test_pretrain_command_trains_and_prints_the_best(config_file, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["pretrain", "--config", str(config_file), "--output", str(out), "--no-ray",
-                 "--set", "pretrain.negatives=reweighted"])
+                 "--set", "moco.negatives=reweighted"])
     assert code == 0
     captured = capsys.readouterr()
     printed = captured.out
@@ -35,16 +36,16 @@ def test_pretrain_command_trains_and_prints_the_best(config_file, tmp_path, caps
     assert f"{summary['best_knn_auc']:.4f}" in printed
     assert str(out / "checkpoints" / "best") in printed
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["pretrain"]["negatives"] == "reweighted"
+    assert saved["moco"]["negatives"] == "reweighted"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--set", "pretrain.negatives=hardest"], "unknown negative strategy 'hardest'"),
+        (["--set", "moco.negatives=hardest"], "unknown negative strategy 'hardest'"),
         (["--set", "pretrain.crop_scale=0"], "crop_scale"),
-        (["--set", "pretrain.queue_size=20"], "divisible"),
+        (["--set", "moco.queue_size=20"], "divisible"),
         (["--set", "pretrain.colour=1"], "unknown config key 'pretrain.colour'"),
         (["--set", "data.csv=/missing.csv"], "does not exist"),
         (["--set", "pretrain.init=imagenet", "--set", "pretrain.weights=/no/such.pth"],

@@ -16,7 +16,7 @@ from medaug.models.backbones import build_backbone
 
 
 def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
-    cfg = tiny_config("pretrain.negatives=same_lat_only")
+    cfg = tiny_config("moco.negatives=same_lat_only")
     data = prepare_data(cfg, tmp_path, progress=False)
     # Anchors paired with images of another patient and, where possible, another laterality,
     # so the anchor's and the partner's metadata differ in every field.
@@ -44,10 +44,10 @@ def test_queue_holds_the_key_images_metadata(tiny_config, tmp_path):
 
 def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path):
     """A step whose anchors' own keys sit in the queue: each is counted, and it changes the
-    loss only when pretrain.keep_own_image_negatives keeps it."""
+    loss only when moco.keep_own_image_negatives keeps it."""
     losses, counts = {}, {}
     for keep in (False, True):
-        cfg = tiny_config(f"pretrain.keep_own_image_negatives={str(keep).lower()}")
+        cfg = tiny_config(f"moco.keep_own_image_negatives={str(keep).lower()}")
         data = prepare_data(cfg, tmp_path, progress=False)
         torch.manual_seed(0)
         method = get_method("moco")(cfg, data, torch.device("cpu"), torch.Generator().manual_seed(0))
@@ -62,9 +62,9 @@ def test_keys_of_the_anchor_image_are_counted_and_left_out(tiny_config, tmp_path
 
 
 def test_hard_negatives_by_sex_group_queries_and_keys_by_sex(tiny_config, tmp_path):
-    """pretrain.hard_negatives_by=sex: the queue keeps the key images' sex beside their
+    """moco.hard_negatives_by=sex: the queue keeps the key images' sex beside their
     laterality, and a query whose sex has no key in the queue falls back (same_lat_only)."""
-    cfg = tiny_config("pretrain.hard_negatives_by=sex", "pretrain.negatives=same_lat_only")
+    cfg = tiny_config("moco.hard_negatives_by=sex", "moco.negatives=same_lat_only")
     data = prepare_data(cfg, tmp_path, progress=False)
     sex = data.table["sex"].to_numpy()
     males = [r for r in data.train if sex[r] == "Male"]

@@ -54,7 +54,7 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
     assert load_state(tmp_path / "checkpoints" / "best")["epoch"] == best["epoch"]
 
     backbone, saved = load_backbone(tmp_path)
-    assert saved["pretrain"]["queue_size"] == 64
+    assert saved["moco"]["queue_size"] == 64
     assert not backbone.training
     # A plain backbone (no batch-split BN) computing what the saved model's query backbone
     # computes in eval mode.
@@ -74,7 +74,7 @@ def test_tiny_run_writes_checkpoints_metrics_and_reports(tiny_run):
 
 def test_resume_continues_exactly(tiny_config, tmp_path):
     """Two epochs straight == one epoch, then a fresh call resuming for the second."""
-    overrides = ("pretrain.negatives=synthetic", "pretrain.crop_scale=0.8")
+    overrides = ("moco.negatives=synthetic", "pretrain.crop_scale=0.8")
     straight = pretrain(tiny_config(*overrides), tmp_path / "a", progress=False, monitor=KnnMonitor)
     pretrain(tiny_config(*overrides, "pretrain.epochs=1"), tmp_path / "b", progress=False, monitor=KnnMonitor)
     resumed = pretrain(tiny_config(*overrides), tmp_path / "b", progress=False, monitor=KnnMonitor)
@@ -120,7 +120,7 @@ def test_fallback_pairs_are_counted(tiny_config, tmp_path):
     batch = next(b for b in range(8, n + 1) if n % b == 0)
     cfg = tiny_config(
         "pretrain.criterion=patient_distinct_studies", f"pretrain.batch_size={batch}",
-        "pretrain.bn_groups=1", f"pretrain.queue_size={batch * 2}", "pretrain.epochs=1",
+        "moco.bn_groups=1", f"moco.queue_size={batch * 2}", "pretrain.epochs=1",
         "pretrain.max_steps_per_epoch=null", "pretrain.knn_every=0",
     )
     summary = pretrain(cfg, tmp_path, progress=False, monitor=KnnMonitor)
@@ -163,15 +163,15 @@ def test_knn_monitor_matches_a_brute_force_knn(tiny_run, tiny_config):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("pretrain.negatives=hardest", "negative strategy"),
+        ("moco.negatives=hardest", "negative strategy"),
         ("pretrain.criterion=same_hospital", "criterion"),
         ("pretrain.crop_scale=1.5", "crop_scale"),
-        ("pretrain.queue_size=60", "divisible by the global batch"),
+        ("moco.queue_size=60", "divisible by the global batch"),
         ("pretrain.init=imagenet", "weights"),
         ("pretrain.optimizer=lamb", "optimizer"),
         ("pretrain.lr_schedule=warmup", "lr schedule"),
         ("pretrain.arch=vgg11", "backbone"),
-        ("pretrain.bn_groups=3", "bn_groups"),
+        ("moco.bn_groups=3", "bn_groups"),
         ("data.csv=/nonexistent/train.csv", "does not exist"),
     ],
 )
@@ -185,7 +185,7 @@ def test_bad_configs_fail_before_training(tiny_config, tmp_path, override, messa
 
 def test_too_few_anchors_for_a_batch_is_a_user_error(tiny_config, tmp_path):
     with pytest.raises(MedaugError, match="fewer than one global batch"):
-        pretrain(tiny_config("pretrain.batch_size=512", "pretrain.queue_size=1024"), tmp_path,
+        pretrain(tiny_config("pretrain.batch_size=512", "moco.queue_size=1024"), tmp_path,
                  progress=False, monitor=KnnMonitor)
 
 

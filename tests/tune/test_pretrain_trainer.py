@@ -40,7 +40,8 @@ def _config(phantom_dir, tmp_path, *overrides):
     return build_config({
         "data": {"csv": str(phantom_dir / "train.csv"), "image_size": 32,
                  "cache_dir": str(tmp_path / "cache"), "num_loader_workers": 1},
-        "pretrain": {"num_workers": 2, "batch_size": 4, "bn_groups": 2, "queue_size": 64,
+        "moco": {"bn_groups": 2, "queue_size": 64},
+        "pretrain": {"num_workers": 2, "batch_size": 4,
                      "epochs": 1, "max_steps_per_epoch": 2, "knn_bank": 60, "knn_k": 5,
                      "max_failures": 1},
     }, list(overrides))

@@ -122,15 +122,15 @@ def test_table2_to_table5_settings(weights):
 
 def test_table6_and_full_cover_the_registries(weights):
     t6 = _resolved(_sweep("table6", weights))
-    assert {c.pretrain.negatives for _, c in t6} == set(list_strategies())
+    assert {c.moco.negatives for _, c in t6} == set(list_strategies())
     assert {c.pretrain.criterion for _, c in t6} == {"patient_same_study"}
     # Reweighted twice, as two named rows: the formula's reading of the paper's t = 0.1 and
     # the prose's (90% of the weight on same-laterality keys).
-    reweighted = {t.params["variant"]: c.pretrain.reweight_t for t, c in t6 if c.pretrain.negatives == "reweighted"}
+    reweighted = {t.params["variant"]: c.moco.reweight_t for t, c in t6 if c.moco.negatives == "reweighted"}
     assert reweighted == {"reweighted_formula_t0.1": 0.1, "reweighted_prose_t0.9": 0.9}
-    assert sum(c.pretrain.negatives != "reweighted" for _, c in t6) == len(list_strategies()) - 1
+    assert sum(c.moco.negatives != "reweighted" for _, c in t6) == len(list_strategies()) - 1
     full = {
-        (c.pretrain.criterion, c.pretrain.crop_scale, c.pretrain.negatives)
+        (c.pretrain.criterion, c.pretrain.crop_scale, c.moco.negatives)
         for t, c in _resolved(_sweep("full", weights))
         if not t.baseline
     }
@@ -177,8 +177,8 @@ def test_metadata_criteria_sweeps(weights):
         got = {
             t.params["variant"]: (
                 criterion_label(resolve_criterion(c.pretrain.criterion)),
-                c.pretrain.negatives,
-                c.pretrain.hard_negatives_by,
+                c.moco.negatives,
+                c.moco.hard_negatives_by,
             )
             for t, c in _resolved(sweep)
             if not t.baseline
@@ -302,14 +302,14 @@ BAD = [
     ("unknown top-level key", _with(bogus=1), "unknown sweep key"),
     ("unknown config key", _with(pretrain__bogus=1), "unknown config key 'pretrain.bogus'"),
     ("unknown criterion", _with(space={"pretrain.criterion": {"grid": ["instance", "nope"]}}), "unknown pair criterion 'nope'"),
-    ("unknown strategy", _with(space={"pretrain.negatives": ["default", "hardest"]}), "unknown negative strategy 'hardest'"),
+    ("unknown strategy", _with(space={"moco.negatives": ["default", "hardest"]}), "unknown negative strategy 'hardest'"),
     ("unknown space key", _with(space={"pretrain.bogus": [1, 2]}), "unknown config key"),
     ("space key outside sections", _with(space={"lr": [1, 2]}), "must start with one of"),
     ("range low >= high", _with(space={"pretrain.lr": {"loguniform": [1e-3, 1e-4]}}), "low < high"),
     ("loguniform from zero", _with(space={"pretrain.lr": {"loguniform": [0, 1e-3]}}), "low > 0"),
     ("range on an int", _with(space={"pretrain.epochs": {"uniform": [1, 5]}}), "float settings only"),
     ("range badly shaped", _with(space={"pretrain.lr": {"uniform": [1e-4]}}), "needs \\[low, high\\]"),
-    ("range outside valid values", _with(space={"pretrain.reweight_t": {"uniform": [0.5, 1.5]}}), "reweight_t must lie in"),
+    ("range outside valid values", _with(space={"moco.reweight_t": {"uniform": [0.5, 1.5]}}), "reweight_t must lie in"),
     ("two kinds", _with(space={"pretrain.lr": {"grid": [1e-4], "uniform": [1e-4, 1e-3]}}), "expected one of"),
     ("empty grid", _with(space={"pretrain.lr": {"grid": []}}), "grid is empty"),
     ("unknown tune key", _with(tune={"bogus": 1}), "unknown tune key"),
@@ -330,7 +330,7 @@ BAD = [
         {**BASE, "space": {"variants": [{"name": "a", "pretrain.size_match": "nope"}]}},
         "unknown pair criterion 'nope'",
     ),
-    ("bad queue for batch", _with(pretrain__queue_size=100), "divisible by the global batch"),
+    ("bad queue for batch", _with(moco__queue_size=100), "divisible by the global batch"),
 ]
 
 
@@ -344,7 +344,7 @@ BAD_SETS = [
     ("bogus=1", "unknown sweep key 'bogus'"),
     ("pretrain.bogus=1", "unknown config key 'pretrain.bogus'"),
     ("space.pretrain.criterion=[instance, nope]", "unknown pair criterion 'nope'"),
-    ("pretrain.negatives=nope", "unknown negative strategy 'nope'"),
+    ("moco.negatives=nope", "unknown negative strategy 'nope'"),
     ("pretrain.criterion=instance", "also varied by the space"),
     ("space=1", "name the space key"),
 ]
@@ -361,7 +361,7 @@ def test_continuous_space_uses_optuna_domains():
 
     raw = _with(space={
         "pretrain.lr": {"loguniform": [1e-5, 1e-3]},
-        "pretrain.temperature": {"uniform": [0.1, 0.5]},
+        "moco.temperature": {"uniform": [0.1, 0.5]},
         "pretrain.crop_scale": [None, 0.95],
         "variants": [{"name": "a", "pretrain.criterion": "instance"}, {"name": "b", "pretrain.criterion": "patient_same_study"}],
     }, tune={"num_samples": 4})
@@ -370,15 +370,15 @@ def test_continuous_space_uses_optuna_domains():
     assert isinstance(space["pretrain.lr"], tune.search.sample.Float)
     assert space["pretrain.lr"].lower == 1e-5 and space["pretrain.lr"].upper == 1e-3
     assert isinstance(space["pretrain.lr"].sampler, tune.search.sample.LogUniform)
-    assert isinstance(space["pretrain.temperature"].sampler, tune.search.sample.Uniform)
+    assert isinstance(space["moco.temperature"].sampler, tune.search.sample.Uniform)
     assert space["variant"].categories == ["a", "b"]
     assert space["pretrain.crop_scale"].categories == [None, 0.95]
-    draw = {"pretrain.lr": 3e-4, "pretrain.temperature": 0.3, "pretrain.crop_scale": None, "variant": "b"}
+    draw = {"pretrain.lr": 3e-4, "moco.temperature": 0.3, "pretrain.crop_scale": None, "variant": "b"}
     trial = trial_for_config(sweep, draw)
     assert trial.key == trial_for_config(sweep, dict(draw)).key  # deterministic
     assert trial.key != trial_for_config(sweep, {**draw, "pretrain.lr": 3.00001e-4}).key
     cfg = sweep.resolve(trial.params)
-    assert (cfg.pretrain.lr, cfg.pretrain.temperature, cfg.pretrain.criterion) == (3e-4, 0.3, "patient_same_study")
+    assert (cfg.pretrain.lr, cfg.moco.temperature, cfg.pretrain.criterion) == (3e-4, 0.3, "patient_same_study")
 
 
 def test_grid_space_is_keyed_by_trial():
