@@ -215,11 +215,14 @@ class SweepConfig:
         if params.get(BASELINE) == "imagenet":
             _deep_set(settings, ["pretrain", "init"], "imagenet")
         forced = copy.deepcopy(self.forced)
-        # A method's own section is forced only on trials of that method.
+        # A method's own section is forced only on trials of that method; a sweep that varies
+        # the method holds each method's section in its base, and a trial keeps its own.
         method = (settings.get("pretrain") or {}).get("method", PretrainConfig.method)
         for section in METHOD_SECTIONS:
             if section != method:
                 forced.pop(section, None)
+                if "pretrain.method" in self.space.keys():
+                    settings.pop(section, None)
         _deep_merge(settings, forced)
         if output is not None:
             settings["output"] = output

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medaug.config import MocoConfig, MvmaeConfig
 from medaug.errors import MedaugError
 from medaug.moco.negatives import list_strategies
 from medaug.pairs import list_criteria
 from medaug.tune.space import (
+    VARIANT,
     list_sweeps,
     load_sweep,
+    parse_sweep,
     trial_for_config,
     tune_param_space,
 )
@@ -405,3 +408,27 @@ def test_find_sweep_from_another_folder(tmp_path, monkeypatch):
     assert find_sweep("table6") == SWEEPS / "table6.yaml"
     with pytest.raises(MedaugError, match="shipped sweeps: .*table1"):
         find_sweep("table9")
+
+
+def test_a_sweep_that_varies_the_method_gives_each_trial_its_own_section():
+    """MoCo and the multi-view MAE side by side: the base holds both methods' sections, each
+    trial keeps its own method's, and a section set for one method only is refused."""
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["moco"] = {"queue_size": 32}
+    raw["mvmae"] = {"vit": "vit_nano", "patch_size": 8}
+    raw["space"] = {"variants": [
+        {"name": "moco", "pretrain.method": "moco"},
+        {"name": "mvmae", "pretrain.method": "mvmae", "mvmae.beta_max": 0.0},
+    ]}
+    sweep = parse_sweep(raw)
+    by_name = {t.params[VARIANT]: sweep.resolve(t.params) for t in sweep.grid_trials()}
+    assert by_name["moco"].moco.queue_size == 32
+    assert by_name["moco"].mvmae == MvmaeConfig()
+    assert (by_name["mvmae"].mvmae.vit, by_name["mvmae"].mvmae.beta_max) == ("vit_nano", 0.0)
+    assert by_name["mvmae"].moco == MocoConfig()
+    # Without the method varying, a section of the other method is an error naming it.
+    raw.pop("space")
+    raw["pretrain"]["method"] = "moco"
+    with pytest.raises(MedaugError, match="mvmae.vit, mvmae.patch_size set, but pretrain.method "
+                                          "is 'moco'"):
+        parse_sweep(raw)
