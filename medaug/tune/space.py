@@ -16,7 +16,7 @@ A sweep file is YAML with these top-level keys::
         - {name: distinct_studies, pretrain.criterion: patient_distinct_studies,
            pretrain.distinct_only: true}
     tune:
-      metric: linear_auc_mean       # linear_auc_mean | e2e_auc_mean | knn_auc_best
+      metric: linear_select_auc_mean  # linear_select_auc_mean | e2e_select_auc_mean | knn_auc_best
       mode: max
       num_samples: 1                # grid: repeats (seed + r); Optuna: trials drawn
       max_concurrent: 2             # 0 = as many as resources allow
@@ -87,7 +87,10 @@ TUNE_KEYS: tuple[str, ...] = (
 )
 ASHA_KEYS: tuple[str, ...] = ("metric", "grace_period", "reduction_factor")
 RESOURCE_KEYS: tuple[str, ...] = ("cpu", "gpu")
-METRICS: tuple[str, ...] = ("linear_auc_mean", "e2e_auc_mean", "knn_auc_best")
+# What Tune compares trials on, and Optuna tunes on: scores of the selection set only.
+METRICS: tuple[str, ...] = ("linear_select_auc_mean", "e2e_select_auc_mean", "knn_auc_best")
+# Test-set scores, reported but never used to choose.
+TEST_METRICS: tuple[str, ...] = ("linear_auc_mean", "e2e_auc_mean")
 ASHA_METRICS: tuple[str, ...] = ("knn_auc",)
 MODES: tuple[str, ...] = ("max", "min")
 BASELINES: tuple[str, ...] = ("imagenet", "random")
@@ -149,7 +152,7 @@ class AshaSettings:
 class TuneSettings:
     """How Ray Tune runs the trials."""
 
-    metric: str = "linear_auc_mean"
+    metric: str = "linear_select_auc_mean"
     mode: str = "max"
     num_samples: int = 1
     max_concurrent: int = 0
@@ -508,6 +511,12 @@ def _parse_tune(raw: dict[str, Any], source: str) -> TuneSettings:
         raise MedaugError(f"{source}: unknown tune key(s) {bad}; valid: {', '.join(TUNE_KEYS)}")
     t = TuneSettings()
     t.metric = str(raw.get("metric", t.metric))
+    if t.metric in TEST_METRICS:
+        raise MedaugError(
+            f"{source}: tune.metric {t.metric!r} is the test set's AUC: trials would be chosen "
+            f"on the test set; use {t.metric.replace('_auc_mean', '_select_auc_mean')!r} (the "
+            "selection set's)"
+        )
     if t.metric not in METRICS:
         raise MedaugError(f"{source}: tune.metric {t.metric!r} unknown; valid: {', '.join(METRICS)}")
     t.mode = str(raw.get("mode", t.mode))

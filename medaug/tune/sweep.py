@@ -430,7 +430,7 @@ def publish_report(
     run_id = parent.info.run_id
     for path in paths.values():
         tracker.log_artifact(run_id, path, REPORT_ARTIFACTS)
-    metric = state.get("metric") or "linear_auc_mean"
+    metric = state.get("metric") or "linear_select_auc_mean"
     best = best_trial(tracker.runs(), metric, state.get("mode") or "max")
     if best is not None:
         tracker.set_tags(run_id, {BEST_TAG: best.data.tags.get("trial_key", best.info.run_name)})

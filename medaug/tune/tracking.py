@@ -521,6 +521,12 @@ def result_metrics(results: dict[str, Any], target: str) -> dict[str, float]:
             prefix = "" if obs == target else f"{obs}/"
             out[f"{prefix}{stage}_auc_mean"] = entry.get("mean")
             out[f"{prefix}{stage}_auc_std"] = entry.get("std")
+            # The selection set's AUC at each split's chosen epoch: what Tune and Optuna
+            # compare trials on (the test AUCs above are only ever reported).
+            select = [s.get("select_auc") for s in entry.get("per_split") or []]
+            select = [float(v) for v in select if v is not None and math.isfinite(float(v))]
+            if select:
+                out[f"{prefix}{stage}_select_auc_mean"] = sum(select) / len(select)
             for i, split in enumerate(entry.get("per_split") or []):
                 index = str(split.get("split", i))
                 tag = index if index.startswith("split") else f"split{index}"
