@@ -469,9 +469,6 @@ _VALUE_MAPPINGS = frozenset({"column_map", "value_map"})
 
 def write_config(cfg: Config, path: str | Path) -> Path:
     """Save the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
+    from medaug.files import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

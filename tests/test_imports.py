@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "medaug"
 # Packages that must work without Ray and MLflow (the core a library user or a test calls).
 CORE = ("data", "pairs", "models", "moco", "mvmae", "engine", "eval")
 # The one direction dependencies point: a package may import only those before it.
-LAYERS = ("errors", "_lazy", "data", "pairs", "models", "methods", "config", "moco", "mvmae",
+LAYERS = ("errors", "files", "_lazy", "data", "pairs", "models", "methods", "config", "moco", "mvmae",
           "engine", "eval", "tune", "commands", "cli")
 
 

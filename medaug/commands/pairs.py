@@ -6,13 +6,12 @@ Metadata only: this command never imports torch, Ray or MLflow (matplotlib only 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 from medaug.data.load import DATASETS, parse_column_map, parse_value_map
 from medaug.errors import MedaugError
+from medaug.files import write_json_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,11 +113,6 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_criterion_yaml(text: str) -> object:
@@ -182,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     stats = pair_stats(table, index, label=args.label, uncertain=args.uncertain)
     print(summary(stats), flush=True)
     if args.json:
-        _write_json(stats, Path(args.json))
+        write_json_atomic(Path(args.json), stats, default=None)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         from medaug.pairs.plot import plot_pair_stats

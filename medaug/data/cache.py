@@ -39,6 +39,7 @@ from PIL import Image
 
 from medaug.data.workers import pool_context, usable_cpus
 from medaug.errors import MedaugError
+from medaug.files import write_text_atomic
 
 # Part of the key: bumped when decoding changes (2: wide greyscale stretched, no longer clipped).
 CACHE_VERSION = 2
@@ -273,10 +274,6 @@ def _exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build_cache(
@@ -445,7 +442,7 @@ def _build(
         "build_seconds": round(time.perf_counter() - start_time, 2),
     }
     (partial / "status.npy").unlink()  # POSIX: fine while still mapped
-    _atomic_write_text(partial / "meta.json", json.dumps(info, indent=2) + "\n")
+    write_text_atomic(partial / "meta.json", json.dumps(info, indent=2) + "\n")
     final = cache_dir / key
     if final.exists():  # an unfinished leftover without meta.json
         shutil.rmtree(final)

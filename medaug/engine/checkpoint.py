@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from medaug.errors import MedaugError
+from medaug.files import write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.pt"
@@ -45,10 +46,6 @@ def checkpoints_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINTS
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -89,7 +86,7 @@ def write_checkpoint_dir(
             shutil.copy2(Path(link_from) / STATE, tmp / STATE)
     else:
         torch.save(state, tmp / STATE)
-    _write_json(tmp / META, meta)
+    write_json_atomic(tmp / META, meta)
     _replace_dir(tmp, folder)
     return folder
 
@@ -125,7 +122,7 @@ def write_best(
 ) -> Path:
     """Save the best checkpoint as ``OUT/checkpoints/best`` and describe it in ``OUT/best.json``."""
     folder = write_checkpoint_dir(checkpoints_dir(out_dir) / BEST, state, meta, link_from)
-    _write_json(Path(out_dir) / BEST_JSON, {**meta, "checkpoint": str(folder)})
+    write_json_atomic(Path(out_dir) / BEST_JSON, {**meta, "checkpoint": str(folder)})
     return folder
 
 

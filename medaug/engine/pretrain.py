@@ -42,6 +42,7 @@ from medaug.engine.schedule import (
     set_lr,
 )
 from medaug.errors import MedaugError
+from medaug.files import write_json_atomic, write_text_atomic
 from medaug.methods import Method
 
 Report = Callable[[dict, "Path | None"], None]
@@ -195,9 +196,7 @@ def _read_metrics(out_dir: Path) -> list[dict]:
 
 
 def _write_metrics(out_dir: Path, records: list[dict]) -> None:
-    tmp = out_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out_dir / METRICS_FILE)
+    write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _append_metrics(out_dir: Path, record: dict) -> None:
@@ -539,9 +538,7 @@ def pretrain(
     summary.update(_sets_record(monitor, parts, data, train_rows, summary))
     if rank == 0:
         _log_event(out_dir, "end", epoch=p.epochs, best_epoch=summary["best_epoch"])
-        tmp = out_dir / (SUMMARY_FILE + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out_dir / SUMMARY_FILE)
+        write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return summary
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from medaug.config import Config, check_config, config_to_dict, flatten, write_config
 from medaug.errors import MedaugError
+from medaug.files import write_json_atomic
 
 BASELINES: tuple[str, ...] = ("random", "imagenet")
 RESULTS_FILE = "results.json"
@@ -165,11 +166,6 @@ def _check_pretraining_sets(
 # --- results file -----------------------------------------------------------------------------
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -363,13 +359,13 @@ def evaluate(
         "pretraining": pretraining,
     })
     write_config(cfg, out_dir / "config.yaml")
-    _write_json(results_path, results)
+    write_json_atomic(results_path, results, _json_default)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     if e.linear and "linear" not in results:
         results["linear"] = _linear(cfg, backbone, encoder_hash, data, splits, parts, test,
                                     out_dir, device, progress)
-        _write_json(results_path, results)
+        write_json_atomic(results_path, results, _json_default)
         _report_kind(report, results["linear"], "linear")
 
     if e.e2e:
@@ -390,7 +386,7 @@ def evaluate(
                 _summarised(entry[obs])
                 if report is not None:
                     report({"kind": "e2e", "observation": obs, **row})
-            _write_json(results_path, results)
+            write_json_atomic(results_path, results, _json_default)
 
     if e.roc_plot:
         from medaug.eval.plots import plot_roc
@@ -399,7 +395,7 @@ def evaluate(
     if module_hash(backbone) != encoder_hash:
         raise RuntimeError("the evaluated encoder's weights changed during evaluation")
     results["roc_png"] = str(out_dir / "roc.png") if e.roc_plot else None
-    _write_json(results_path, results)
+    write_json_atomic(results_path, results, _json_default)
     return results
 
 
@@ -423,7 +419,7 @@ def _linear(cfg, backbone, encoder_hash, data, splits, parts, test, out_dir, dev
     feats = cached_features(
         backbone, data.cache, rows, data.image_size, cache_dir, encoder_hash=encoder_hash,
         extra_key=str(Path(data.cache_dir).resolve()), batch_size=e.feature_batch_size,
-        device=device, amp=e.amp, progress=progress,
+        device=device, amp=e.amp, progress=progress, views=data.view,
     )  # F x D
     labels, mask = _labels(data.table, rows, observations, cfg.data.uncertain)  # F x O
     probe = train_linear_probes(
@@ -463,7 +459,8 @@ def _finetune_split(cfg, checkpoint, baseline, backbone, dim, data, i, rows, par
     observations = list(cfg.eval.observations)
     y, m = _labels(data.table, rows, observations, cfg.data.uncertain)
     ys, ms = _labels(data.table, parts["select"], observations, cfg.data.uncertain)
-    fdata = FinetuneData(data.cache, rows, y, m, parts["select"], ys, ms, parts["test"])
+    fdata = FinetuneData(data.cache, rows, y, m, parts["select"], ys, ms, parts["test"],
+                         views=data.view)
     settings = finetune_settings(cfg, data.image_size, i)
     state_path = out_dir / "e2e" / f"split{i}" / "state.pt"
     if runner is not None:

@@ -4,7 +4,8 @@
 ``eval.e2e_num_workers`` workers of a ``TorchTrainer``; with more than one worker the model
 is wrapped in DDP by ``ray.train.torch.prepare_model`` and every global batch is split
 across the workers.  Each worker rebuilds the encoder (the checkpoint, or the seeded
-baseline) and reopens the image cache itself, so only row positions and labels travel.
+baseline) and reopens the image cache itself, with the images' view codes for an encoder
+that reads them (``takes_view``), so only row positions and labels travel.
 Resume lives in ``state.pt`` of the split's folder (rewritten every epoch by rank 0): a
 restarted worker group (``eval.e2e_max_failures``) or a rerun continues from it.  On several
 nodes the output folder must be shared storage, as for pretraining.
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medaug.config import Config, build_config, config_to_dict
-from medaug.errors import MedaugError
+from medaug.tune.pretrain_trainer import worker_error
 
 RAY_DIR = "ray"
 RESULT_FILE = "result.npz"
@@ -46,7 +47,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     if module_hash(backbone) != config["encoder_hash"]:
         raise RuntimeError("a fine-tuning worker rebuilt a different encoder than the driver's")
     data = prepare_data(cfg, config["data_dir"], progress=False)
-    fdata = FinetuneData(images=data.cache, **config["arrays"])
+    fdata = FinetuneData(images=data.cache, views=data.view, **config["arrays"])
     settings = FinetuneSettings(**config["settings"])
 
     def report(metrics: dict[str, Any], _state: Path | None) -> None:
@@ -107,8 +108,9 @@ def run_finetune_ray(
     result_path = state_path.parent / RESULT_FILE
     result_path.unlink(missing_ok=True)
     backbone, _, _ = eval_backbone(cfg, checkpoint, baseline)
-    arrays = {k: np.asarray(v) for k, v in asdict(replace(data, images=None)).items()
-              if k != "images"}
+    # Rows and labels only: each worker reopens the images and their view codes.
+    arrays = {k: np.asarray(v) for k, v in asdict(replace(data, images=None, views=None)).items()
+              if k not in ("images", "views")}
     started = False
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, int(e.e2e_num_workers * e.e2e_cpus_per_worker)),
@@ -145,7 +147,7 @@ def run_finetune_ray(
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
-        user = _worker_error(err)
+        user = worker_error(err)
         if user is not None:
             raise user from None
         raise
@@ -159,19 +161,3 @@ def run_finetune_ray(
         return {"test_scores": z["test_scores"], "best_epoch": int(z["best_epoch"]),
                 "select_auc": select}
 
-
-def _worker_error(err: Exception) -> MedaugError | None:
-    """The MedaugError a worker raised behind Ray's failure wrapper, if any."""
-    failures = getattr(err, "worker_failures", None) or {}
-    for failure in failures.values():
-        seen = failure
-        for _ in range(5):
-            if isinstance(seen, MedaugError):
-                return seen
-            seen = getattr(seen, "cause", None) or seen.__cause__
-            if seen is None:
-                break
-        text = str(failure)
-        if "MedaugError: " in text:
-            return MedaugError(text.split("MedaugError: ", 1)[1].splitlines()[0])
-    return None

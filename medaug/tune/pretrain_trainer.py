@@ -108,7 +108,7 @@ def _in_tune_session() -> bool:
     return in_session()
 
 
-def _worker_error(err: Exception) -> MedaugError | None:
+def worker_error(err: Exception) -> MedaugError | None:
     """The MedaugError behind a failed Ray Train run, if a worker raised one."""
     failures = getattr(err, "worker_failures", None) or {}
     for failure in failures.values():
@@ -213,7 +213,7 @@ def run_pretrain_ray(
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
-        user = _worker_error(err)
+        user = worker_error(err)
         if user is not None:
             raise user from None
         raise

@@ -42,6 +42,7 @@ from typing import Any
 import pandas as pd
 
 from medaug.errors import MedaugError
+from medaug.files import write_text_atomic
 from medaug.tune.tracking import KIND_TAG, LABEL_TAG, STAGES, TRIAL_TAG
 
 STATE_FILE = "sweep.json"
@@ -174,7 +175,7 @@ class ResultTable:
             "csv": folder / "results.csv",
             "plot": folder / "results.png",
         }
-        _atomic_text(paths["markdown"], self.to_markdown() + "\n")
+        write_text_atomic(paths["markdown"], self.to_markdown() + "\n")
         tmp = paths["csv"].with_name("results.csv.tmp")
         self.rows.to_csv(tmp, index=False)
         os.replace(tmp, paths["csv"])
@@ -559,8 +560,3 @@ def _short_label(row: dict[str, Any]) -> str:
         parts.append(str(row["options"]))
     return "\n".join(parts) if len(parts) > 1 else parts[0]
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

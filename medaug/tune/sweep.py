@@ -55,6 +55,7 @@ from typing import Any
 import yaml
 
 from medaug.errors import MedaugError
+from medaug.files import write_text_atomic
 from medaug.tune.report import STATE_FILE, ResultTable, read_state, write_report
 from medaug.tune.space import (
     SweepConfig,
@@ -182,8 +183,8 @@ def run_sweep(
             "created": (state or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         if state is None:
-            _write_text(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-        _write_text(output / STATE_FILE, json.dumps(new_state, indent=2) + "\n")
+            write_text_atomic(output / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+        write_text_atomic(output / STATE_FILE, json.dumps(new_state, indent=2) + "\n")
 
         if smoke:
             make_smoke_data(output, progress)
@@ -682,8 +683,3 @@ def _tune_config(sweep: SweepConfig, grid: bool = False) -> Any:
         trial_dirname_creator=name,
     )
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medaug.config import Config, config_to_dict, flatten, write_config
+from medaug.files import write_json_atomic
 from medaug.pairs import criterion_label, resolve_criterion
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
 from medaug.tune.tracking import (
@@ -167,7 +168,7 @@ def execute_trial(spec: TrialSpec, ctx: SweepContext) -> dict[str, Any]:
         sets: dict[str, Any] = {}
         metrics = _run_stages(spec, cfg, folder, tracker, run_id, ctx, sets)
         tracker.end_trial(run_id, "FINISHED")
-        _write_json(done_path, {"key": spec.key, "run_id": run_id, "metrics": metrics, **sets})
+        write_json_atomic(done_path, {"key": spec.key, "run_id": run_id, "metrics": metrics, **sets})
         (folder / ERROR_FILE).unlink(missing_ok=True)
         return metrics
     except BaseException as err:
@@ -290,8 +291,3 @@ def _limit_threads() -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -17,8 +17,8 @@ from medaug.methods import get_method
 
 
 def tiny_config_used(saved: dict):
-    """The PretrainConfig a checkpoint was trained with."""
-    return build_config(saved).pretrain
+    """The config a checkpoint was trained with."""
+    return build_config(saved)
 
 
 @pytest.fixture(scope="module")
