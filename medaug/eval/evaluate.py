@@ -61,7 +61,8 @@ def eval_backbone(
 
     Args:
         checkpoint: a run folder, checkpoint folder or state file (``load_backbone``).
-        baseline: "random" (seeded by ``cfg.seed``) or "imagenet" (the local weights file
+        baseline: "random" (the method's encoder, seeded by ``cfg.seed``) or "imagenet" (a
+            torchvision ``cfg.pretrain.arch`` with the local weights file
             ``cfg.pretrain.weights``); exactly one of the two must be given.
 
     Returns:
@@ -86,32 +87,66 @@ def _load_encoder(
             raise MedaugError(f"checkpoint {checkpoint} does not exist")
         backbone, saved = load_backbone(checkpoint)
         info = {"source": "checkpoint", "path": str(checkpoint),
+                "method": saved.get("pretrain", {}).get("method", "moco"),
                 "arch": saved.get("pretrain", {}).get("arch"),
                 "criterion": saved.get("pretrain", {}).get("criterion")}
     else:
-        from medaug.models.backbones import build_backbone
-
         check_baseline(baseline)
-        weights = None
-        if baseline == "imagenet":
-            weights = cfg.pretrain.weights
-            if not weights:
-                raise MedaugError(
-                    "the imagenet baseline needs pretrain.weights = PATH (a local weights file; "
-                    "nothing is downloaded)"
-                )
-            if not Path(weights).exists():
-                raise MedaugError(f"pretrain.weights file {weights} does not exist")
-        # The same seed gives the same random encoder in every process (driver and workers).
-        torch.manual_seed(cfg.seed)
-        backbone, _ = build_backbone(cfg.pretrain.arch, baseline, weights, cfg.data.image_size)
-        info = {"source": "baseline", "name": baseline, "arch": cfg.pretrain.arch}
+        backbone = _baseline_encoder(cfg, baseline)
+        info = {"source": "baseline", "name": baseline, "method": cfg.pretrain.method,
+                "arch": cfg.pretrain.arch, "module": type(backbone).__name__}
         saved = None
     backbone.eval()
     with torch.no_grad():  # at the size evaluation feeds it (a ViT takes no other)
         size = cfg.data.image_size
         dim = int(backbone(torch.zeros(1, 3, size, size)).shape[1])  # 1 x D
     return backbone, dim, info, saved
+
+
+def _baseline_encoder(cfg: Config, baseline: str) -> Any:
+    """A baseline encoder, seeded by ``cfg.seed`` so that every process (driver and
+    fine-tuning workers) builds the same one.
+
+    random: the evaluated encoder of ``pretrain.method`` (``Method.backbone_from_config``:
+    MoCo's ``pretrain.arch``, the multi-view MAE's ViT) with its initial weights.
+    imagenet: the torchvision backbone ``pretrain.arch`` with the local ImageNet weights
+    ``pretrain.weights``.
+
+    Raises:
+        MedaugError: no weights file, an architecture without torchvision ImageNet weights,
+            or a method that starts from none (the multi-view MAE).
+    """
+    import copy
+
+    import torch
+
+    from medaug.methods import get_method
+    from medaug.models.backbones import BACKBONES, build_backbone, check_arch
+
+    method = get_method(cfg.pretrain.method)
+    if baseline == "random":
+        torch.manual_seed(cfg.seed)
+        return method.backbone_from_config(cfg)
+    weights, arch = cfg.pretrain.weights, check_arch(cfg.pretrain.arch, cfg.data.image_size)
+    if not weights:
+        raise MedaugError(
+            "the imagenet baseline needs pretrain.weights = PATH (a local weights file; "
+            "nothing is downloaded)"
+        )
+    if not Path(weights).exists():
+        raise MedaugError(f"pretrain.weights file {weights} does not exist")
+    if BACKBONES[arch].patch is not None:
+        torchvision = ", ".join(name for name, spec in BACKBONES.items() if spec.patch is None)
+        raise MedaugError(
+            f"the imagenet baseline loads torchvision ImageNet weights: pretrain.arch must be "
+            f"one of {torchvision}, got {arch!r}"
+        )
+    # The method's own rule on ImageNet initialisation (the multi-view MAE has none).
+    imagenet = copy.deepcopy(cfg)
+    imagenet.pretrain.init = "imagenet"
+    method.check(imagenet)
+    torch.manual_seed(cfg.seed)
+    return build_backbone(arch, "imagenet", weights, cfg.data.image_size)[0]
 
 
 # --- the sets that select and test ------------------------------------------------------------
@@ -276,7 +311,8 @@ def evaluate(
 
     Args:
         cfg: resolved config (``data`` for the images, ``eval`` for the protocol,
-            ``pretrain.arch`` / ``pretrain.weights`` for baselines, ``seed``).
+            ``pretrain.method`` and its section, ``pretrain.arch`` / ``pretrain.weights`` for
+            baselines, ``seed``).
         checkpoint: pretraining checkpoint (run folder, checkpoint folder or state file), or
             None with ``baseline``.
         out_dir: results folder: results.json, splits.csv, features/, scores/, e2e/, roc.png.

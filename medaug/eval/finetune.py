@@ -26,18 +26,21 @@ from torch import nn
 from tqdm import tqdm
 
 from medaug.errors import MedaugError
+from medaug.eval.features import encode, view_codes
 
 
 class Classifier(nn.Module):
-    """A backbone (N x 3 x R x R -> N x D) followed by one linear logit per observation."""
+    """A backbone (N x 3 x R x R -> N x D) followed by one linear logit per observation.
+
+    ``view`` (N view codes) goes to a backbone that takes them (``takes_view``)."""
 
     def __init__(self, backbone: nn.Module, dim: int, n_obs: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(dim, n_obs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))  # N x O logits
+    def forward(self, x: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(encode(self.backbone, x, view))  # N x O logits
 
 
 @dataclass
@@ -49,6 +52,8 @@ class FinetuneData:
         train_rows, select_rows, test_rows: positions into ``images``.
         train_labels, select_labels: n x O 0/1 float arrays; train_mask, select_mask: n x O
             bool (False = uncertain, left out of loss and AUC).
+        views: N_all int view codes aligned with ``images`` (``PreparedData.view``), for a
+            backbone that takes them (``takes_view``); None for any other.
     """
 
     images: Any
@@ -59,6 +64,7 @@ class FinetuneData:
     select_labels: np.ndarray
     select_mask: np.ndarray
     test_rows: np.ndarray
+    views: Any = None
 
 
 @dataclass
@@ -94,18 +100,23 @@ def predict(
     batch_size: int,
     device: torch.device,
     amp: bool,
+    views: Any = None,
 ) -> np.ndarray:
-    """Sigmoid scores of ``model`` on ``images[rows]`` in eval mode: len(rows) x O."""
+    """Sigmoid scores of ``model`` (a :class:`Classifier`) on ``images[rows]`` in eval mode:
+    len(rows) x O; ``views`` as in :class:`FinetuneData`."""
     from medaug.data.augment import eval_transform
 
     was = model.training
     model.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    codes = view_codes(model.backbone, views, rows)  # len(rows), or None
     out = []
     for start in range(0, len(rows), batch_size):
         batch = torch.from_numpy(np.asarray(images[rows[start : start + batch_size]]))
         x = eval_transform(batch.to(device), out_size)  # B x 3 x R x R
+        view = None if codes is None else torch.from_numpy(codes[start : start + batch_size]).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(x)  # B x O
+            logits = model(x, view)  # B x O
         out.append(torch.sigmoid(logits.float()).cpu().numpy())
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
@@ -162,7 +173,8 @@ def finetune(
     """Fine-tune ``backbone`` plus a linear head end to end on one label split.
 
     Args:
-        backbone: N x 3 x R x R -> N x D (copied; the caller's module is not modified).
+        backbone: N x 3 x R x R -> N x D (copied; the caller's module is not modified); one
+            that takes view codes (``takes_view``) gets ``data.views`` of its images.
         dim: feature dimension D.
         data: images, rows and labels (:class:`FinetuneData`).
         settings: :class:`FinetuneSettings`.
@@ -217,6 +229,8 @@ def finetune(
 
     y_all = torch.from_numpy(np.array(data.train_labels, dtype=np.float32))  # n x O
     m_all = torch.from_numpy(np.array(data.train_mask, dtype=np.float32))  # n x O
+    codes = view_codes(model.backbone, data.views, data.train_rows)  # n, or None
+    train_views = None if codes is None else torch.from_numpy(codes)  # n
     n = len(data.train_rows)
     n_steps = math.ceil(n / s.batch_size)
     if s.max_steps_per_epoch:
@@ -243,8 +257,9 @@ def finetune(
                         crop_scale=s.crop_scale)  # b x 3 x R x R
             y = y_all[mine].to(device)  # b x O
             m = m_all[mine].to(device) * weight  # b x O
+            view = None if train_views is None else train_views[mine].to(device)  # b
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(x)  # b x O
+                logits = net(x, view)  # b x O
             loss = _masked_bce(logits, y, m)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -253,7 +268,7 @@ def finetune(
             losses.append(float(loss.detach()))
 
         sel_scores = predict(model, data.images, data.select_rows, s.out_size,
-                             s.eval_batch_size, device, s.amp)
+                             s.eval_batch_size, device, s.amp, data.views)
         score, aucs = selection_score(np.asarray(data.select_labels),
                                       np.asarray(data.select_mask, bool), sel_scores)
         if score > best_score:
@@ -282,7 +297,7 @@ def finetune(
     if rank == 0:
         model.load_state_dict(best_state)
         test_scores = predict(model, data.images, np.asarray(data.test_rows), s.out_size,
-                              s.eval_batch_size, device, s.amp)
+                              s.eval_batch_size, device, s.amp, data.views)
     return {"test_scores": test_scores, "best_epoch": best_epoch, "select_auc": best_aucs,
             "history": history}
 

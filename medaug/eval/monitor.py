@@ -109,7 +109,9 @@ class KnnMonitor:
             self.query_rows, self.test_rows
         ).any():
             raise RuntimeError("the kNN monitor was about to read a test image")
-        kwargs = dict(batch_size=self.batch_size, device=self.device, amp=self.amp, progress=False)
+        # A backbone that takes view codes (the multi-view MAE's) gets each image's own.
+        kwargs = dict(batch_size=self.batch_size, device=self.device, amp=self.amp, progress=False,
+                      views=self.data.view)
         images = self.data.cache.images
         bank = extract_features(backbone, images, self.bank_rows, self.size, **kwargs)  # B x D
         query = extract_features(backbone, images, self.query_rows, self.size, **kwargs)  # Q x D

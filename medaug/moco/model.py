@@ -92,6 +92,7 @@ class MoCo(nn.Module):
         dim: output dimension C (reference: 128).
         momentum: key-encoder momentum m (reference: 0.999).
         bn_groups: BN groups per worker batch (1 = plain BN); batches must divide by it.
+        image_size: the side of the training images (a ViT sizes its position table by it).
     """
 
     def __init__(
@@ -103,13 +104,14 @@ class MoCo(nn.Module):
         dim: int = 128,
         momentum: float = 0.999,
         bn_groups: int = 1,
+        image_size: int = 224,
     ) -> None:
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise MedaugError(f"momentum must lie in [0, 1], got {momentum}")
         if bn_groups < 1:
             raise MedaugError(f"bn_groups must be at least 1, got {bn_groups}")
-        backbone, feat_dim = build_backbone(arch, init, weights)
+        backbone, feat_dim = build_backbone(arch, init, weights, image_size)
         backbone = convert_split_bn(backbone, bn_groups)
         self.encoder_q = nn.Sequential(
             OrderedDict(backbone=backbone, head=ProjectionHead(feat_dim, hidden, dim))
@@ -135,6 +137,7 @@ class MoCo(nn.Module):
             dim=m.head_dim,
             momentum=m.momentum,
             bn_groups=m.bn_groups,
+            image_size=cfg.data.image_size,
         )
 
     def backbone(self) -> nn.Module:

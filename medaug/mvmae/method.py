@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from medaug.config import Config
 from medaug.data.augment import MEAN as EVAL_MEAN
 from medaug.data.augment import STD as EVAL_STD
+from medaug.errors import MedaugError
 from medaug.methods import Method
 from medaug.mvmae.augment import MEAN, STD, augment_views
 from medaug.mvmae.config import check_mvmae, vit_dims
@@ -75,6 +76,12 @@ class MvmaeMethod(Method):
     @classmethod
     def check(cls, cfg: Config) -> None:
         check_mvmae(cfg.mvmae, cfg.data.image_size)
+        if cfg.pretrain.init != "random":
+            raise MedaugError(
+                f"pretrain.init={cfg.pretrain.init} loads ImageNet weights into pretrain.arch, "
+                "which method 'mvmae' does not use: its ViT (mvmae.vit) starts from random "
+                "weights (an imagenet baseline needs pretrain.method=moco)"
+            )
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return self.model.param_groups(weight_decay)
