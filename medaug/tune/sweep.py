@@ -393,7 +393,7 @@ def start_sweep_run(
         f"Sweep **{sweep.name}** is running: {planned} trials. The results table appears "
         f"here when it ends ({output / 'report'})."
     )
-    tracker.setup_experiment(view_state(sweep.tune.metric, stages), description)
+    tracker.setup_experiment(view_state(stages, sweep.tune.metric), description)
     run_id = tracker.start_sweep(sweep.name)
     params: dict[str, Any] = {
         "sweep": sweep.name,
@@ -419,8 +419,9 @@ def publish_report(
 ) -> tuple[ResultTable, dict[str, Path]]:
     """Build the sweep's report (:func:`medaug.tune.report.write_report`) and put it into
     MLflow: the files as the parent run's ``report/`` artifacts (replacing older ones), the
-    table as the experiment's description, and the best trial's key (tag ``best_trial``) and
-    metric (``best_<metric>``) on the parent run."""
+    table as the experiment's description, and on the parent run the best trial by the tune
+    metric: its key (tag ``best_trial``), that metric (``best_<metric>``) and its reported
+    AUC (``best_linear_auc_mean``)."""
     output = Path(output)
     table, paths = write_report(output, tracking_uri, baseline)
     state = read_state(output)
@@ -435,7 +436,8 @@ def publish_report(
     best = best_trial(tracker.runs(), metric, state.get("mode") or "max")
     if best is not None:
         tracker.set_tags(run_id, {BEST_TAG: best.data.tags.get("trial_key", best.info.run_name)})
-        tracker.log_metrics(run_id, {f"best_{metric}": best.data.metrics[metric]})
+        tracker.log_metrics(run_id, {f"best_{m}": best.data.metrics.get(m)
+                                     for m in dict.fromkeys([metric, "linear_auc_mean"])})
     tracker.set_experiment_tags({NOTE_TAG: _description(table, parent.info.run_name)})
     return table, paths
 

@@ -27,8 +27,9 @@ other observations are prefixed ``<observation>/``):
 * ``knn_auc_best``;
 * ``<stage>_auc_mean``, ``<stage>_auc_std``, and per split ``<stage>_auc_split<i>``,
   ``<stage>_ci_low_split<i>``, ``<stage>_ci_high_split<i>``;
-* on the sweep's parent run: ``best_<metric>`` (the tune metric of the best trial, whose key
-  is the ``best_trial`` tag).
+* on the sweep's parent run: ``best_<metric>`` and ``best_linear_auc_mean``, the tune metric
+  (on the selection set) and the reported AUC of the trial the sweep chose by that metric,
+  whose key is the ``best_trial`` tag.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def experiment_url(tracking_uri: str, experiment_id: str, port: int = UI_PORT) -
     return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
-def view_state(metric: str, stages: Iterable[str] = ("linear",)) -> dict[str, Any]:
+def view_state(stages: Iterable[str] = ("linear",), choice: str | None = None) -> dict[str, Any]:
     """The saved view the experiment opens on (MLflow's shared view state).
 
     The MLflow UI (3.x) loads it from the experiment tag ``mlflow.sharedViewState.<key>``
@@ -117,12 +118,14 @@ def view_state(metric: str, stages: Iterable[str] = ("linear",)) -> dict[str, An
     are grouped under their parent only in date order).
 
     Args:
-        metric: the column to sort by, best first (the sweep's tune metric).
-        stages: evaluation stages whose AUC columns are shown (``linear``, ``e2e``).
+        stages: evaluation stages whose AUC columns (``<stage>_auc_mean``, ``_std``) are
+            shown; the table is sorted by the first one's mean, best first.
+        choice: the metric the sweep chooses trials by (its tune metric), shown too.
     """
-    metrics = [metric]
-    for stage in stages:
-        metrics += [f"{stage}_auc_mean", f"{stage}_auc_std"]
+    stages = list(stages)
+    metrics = [m for stage in stages for m in (f"{stage}_auc_mean", f"{stage}_auc_std")]
+    if choice:
+        metrics.append(choice)
     dataset = "attributes.`Dataset`"
     shown = [f"metrics.`{m}`" for m in dict.fromkeys(metrics)]
     shown += [f"params.`{p}`" for p in TABLE_PARAMS]
@@ -132,7 +135,7 @@ def view_state(metric: str, stages: Iterable[str] = ("linear",)) -> dict[str, An
     widths |= {c: (120 if c.startswith("metrics.") else 150) for c in shown}
     return {
         "searchFilter": "",
-        "orderByKey": f"metrics.`{metric}`",
+        "orderByKey": f"metrics.`{stages[0]}_auc_mean`",
         "orderByAsc": False,
         "selectedColumns": [dataset, *shown],
         "columnOrder": list(widths),

@@ -2,8 +2,10 @@
 
 The default set runs one smoke sweep of two pretraining trials plus an ImageNet baseline
 whose weights file is broken, so that trial fails while the others finish; an ``mlflow
-server`` is then started on the sweep's database and queried over REST.  A one-trial sweep is
-killed with SIGKILL after its first epoch and resumed.  The slow set kills a whole sweep
+server`` is then started on the sweep's database, queried over REST and opened in headless
+Chromium at the address the sweep printed.  A second driver on one output is refused, and
+a killed driver's lock taken over.  A one-trial sweep is killed with SIGKILL after its first
+epoch and resumed.  The slow set kills a whole sweep
 (a failing baseline, trials finished and unfinished) and resumes it, and runs a sweep on a
 two-node Ray cluster.
 """
@@ -267,6 +269,8 @@ def test_trials_nest_under_the_sweeps_parent_run(smoke):
     assert report == {"report/results.md", "report/results.csv", "report/results.png"}
     local = client.download_artifacts(parent.info.run_id, "report/results.md", str(output / "dl"))
     assert Path(local).read_text() == (output / "report" / "results.md").read_text()
+    chosen_run = runs[parent.data.tags["best_trial"]]  # and the AUC it reports
+    assert parent.data.metrics["best_linear_auc_mean"] == chosen_run.data.metrics["linear_auc_mean"]
     aucs = {k: runs[k].data.metrics["linear_auc_mean"] for k in TWO}
     best = max(aucs, key=aucs.get)
     assert parent.data.tags["best_trial"] == best
@@ -627,6 +631,10 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def _alive(pids: set[int]) -> set[int]:
     return {p for p in pids if Path(f"/proc/{p}").exists()}
 
@@ -655,7 +663,18 @@ def test_kill_9_then_resume(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     trials = output / "trials"
     deadline = time.time() + 900
+    running = f"pid {proc.pid} on {socket.gethostname()}"
     try:
+        # A second driver on the running sweep's output is refused, naming the first.
+        while running not in _read(output / "driver.lock") or not (output / "sweep.json").exists():
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        second = subprocess.run(
+            [PY, "-m", "medaug.cli", "sweep", "--output", str(output), "--resume", "--quiet"],
+            capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        )
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"is in use by the sweep driver {running}" in second.stderr
         # Kill once some trial has a checkpoint and at least one trial is not finished.
         while time.time() < deadline:
             ckpts = _checkpoints(trials)
@@ -667,6 +686,8 @@ def test_kill_9_then_resume(tmp_path):
         family = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        parent_before = tracker_from_state(read_state(output)).find_sweep_run()
+        assert parent_before.info.status == "RUNNING"
         finished_before = {p.parent.name: p.stat().st_mtime for p in trials.glob("*/trial.json")}
         interrupted = {p.parents[3].name for p in _checkpoints(trials)} - set(finished_before)
         # Whatever Ray left behind winds down once its driver is gone; wait for it, so the
@@ -687,9 +708,21 @@ def test_kill_9_then_resume(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=1200,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The dead driver's lock was taken over, and said so.
+    assert f"the driver {running} stopped without releasing" in resumed.stderr
     keys = ["baseline-imagenet", *TWO]
     runs = _runs(output)
     assert sorted(runs) == sorted(keys)
+    # The same parent run, now finished with the report; every trial nested under it, once.
+    tracker = tracker_from_state(read_state(output))
+    parent = tracker.find_sweep_run()
+    assert parent.info.run_id == parent_before.info.run_id and parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    every = tracker.client.search_runs([tracker.experiment_id])
+    assert len(every) == len(keys) + 1
+    assert {a.path for a in tracker.client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/results.md", "report/results.csv", "report/results.png"
+    }
     for key in keys:
         assert runs[key].info.status == "FINISHED"
         assert "linear_auc_mean" in runs[key].data.metrics
@@ -708,6 +741,16 @@ def test_kill_9_then_resume(tmp_path):
     for key in TWO:
         steps = [h.step for h in client.get_metric_history(runs[key].info.run_id, "loss")]
         assert sorted(steps) == [1, 2, 3]
+    # Resuming a complete sweep starts no Ray: it rebuilds the report into the same parent.
+    again = subprocess.run(
+        [PY, "-m", "medaug.cli", "sweep", "--output", str(output), "--resume", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Started a local Ray instance" not in again.stdout + again.stderr
+    assert f"then open http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs" in again.stdout
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == len(keys) + 1
+    assert tracker.find_sweep_run().info.run_id == parent.info.run_id
 
 
 @pytest.mark.slow

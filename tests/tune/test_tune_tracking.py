@@ -49,12 +49,13 @@ def test_default_locations(tmp_path):
 
 
 def test_view_state_shows_the_comparison_columns():
-    view = view_state("linear_auc_mean", ["linear", "e2e"])
+    view = view_state(["linear", "e2e"], "linear_select_auc_mean")
     assert view["orderByKey"] == "metrics.`linear_auc_mean`" and view["orderByAsc"] is False
     assert view["selectedColumns"] == [
         "attributes.`Dataset`",
         "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`",
         "metrics.`e2e_auc_mean`", "metrics.`e2e_auc_std`",
+        "metrics.`linear_select_auc_mean`",
         "params.`criterion`", "params.`crop_scale`", "params.`negatives`",
     ]
     assert view["columnOrder"][:4] == [
@@ -62,8 +63,8 @@ def test_view_state_shows_the_comparison_columns():
     ]
     assert view["columnOrder"][4:] == view["selectedColumns"][1:]
     assert set(view["columnWidths"]) == set(view["columnOrder"])
-    assert view_state("knn_auc_best")["selectedColumns"][1:4] == [
-        "metrics.`knn_auc_best`", "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`"
+    assert view_state()["selectedColumns"][1:3] == [
+        "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`"
     ]
 
 
@@ -76,14 +77,14 @@ def test_new_store_and_experiment(tmp_path):
     out = tmp_path / "out"
     uri, artifacts = default_tracking_uri(out), default_artifact_location(out)
     tracker = Tracker(uri, "exp-c", "s9", artifacts)
-    tracker.setup_experiment(view_state("linear_auc_mean"), "running")
+    tracker.setup_experiment(view_state(), "running")
     client = tracker.client
     assert client.get_experiment("0").artifact_location == f"{artifacts}/0"
     exp = client.get_experiment_by_name("exp-c")
     assert exp.artifact_location == artifacts
     assert exp.tags["sweep_id"] == "s9"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert json.loads(exp.tags["mlflow.sharedViewState.medaug"]) == view_state("linear_auc_mean")
+    assert json.loads(exp.tags["mlflow.sharedViewState.medaug"]) == view_state()
     assert exp.tags["mlflow.note.content"] == "running"
     tracker.set_experiment_tags({"mlflow.note.content": "x" * 30000})  # cut to MLflow's limit
     assert len(client.get_experiment(exp.experiment_id).tags["mlflow.note.content"]) == 20000
