@@ -1,6 +1,6 @@
 """The paper-style results table of a sweep, built from its MLflow runs, with significance.
 
-One row per trial (criterion / crop / negatives and options, or a no-pretraining baseline);
+One row per trial (method, criterion / crop / negatives and options, or a baseline);
 per stage (linear probe, end-to-end when it ran): AUC mean ± std over the label splits, and
 against a baseline row (default: the ``instance`` criterion without crop and with the
 default negatives, MoCo-CXR, when present):
@@ -64,7 +64,7 @@ class ResultTable:
 
     Attributes:
         rows: one row per trial: ``key``, ``label``, ``kind`` (pretrain | baseline),
-            ``status``, ``criterion``, ``crop_scale``, ``negatives``, ``options``,
+            ``status``, ``method``, ``criterion``, ``crop_scale``, ``negatives``, ``options``,
             ``knn_auc_best``, and per stage (linear, e2e) ``<stage>_<column>`` for the
             columns of ``STAGE_COLUMNS``: AUC ``mean``, ``std`` and number of splits ``n``;
             against the baseline ``diff`` (mean paired difference), ``diff_low`` /
@@ -92,7 +92,7 @@ class ResultTable:
     def to_markdown(self) -> str:
         """The table as GitHub markdown (numbers to three decimals), with its legend."""
         stages = self.stages
-        head = ["Trial", "Criterion", "Crop", "Negatives", "Options"]
+        head = ["Trial", "Method", "Criterion", "Crop", "Negatives", "Options"]
         for s in stages:
             head.append(STAGE_TITLES[s])
             if self.baseline is not None:
@@ -106,6 +106,7 @@ class ResultTable:
         for r in self.rows.to_dict("records"):
             cells = [
                 f"{r['key']}{' (baseline)' if r['key'] == self.baseline else ''}",
+                str(r["method"]),
                 str(r["criterion"]),
                 str(r["crop_scale"]),
                 str(r["negatives"]),
@@ -217,12 +218,15 @@ def build_table(
         }
         if kind == "baseline":
             name = tags.get(BASELINE_TAG, key)
-            rec.update(criterion=f"{name} (no pretraining)", crop_scale="—", negatives="—", options="")
+            rec.update(method="—", criterion=f"{name} (no pretraining)", crop_scale="—",
+                       negatives="—", options="")
         else:
             rec.update(
                 criterion=params.get("criterion", ""),
                 crop_scale=_crop(params.get("crop_scale")),
-                negatives=params.get("negatives", ""),
+                method=params.get("method", "moco"),
+                # A method without negatives (the multi-view MAE) shows none.
+                negatives=params.get("negatives", "—"),
                 options=_options(params),
             )
         rec["knn_auc_best"] = metrics.get("knn_auc_best", math.nan)
@@ -239,8 +243,8 @@ def build_table(
             rec[f"{stage}_n"] = len(per)
         records.append(rec)
     columns = [
-        "key", "label", "kind", "status", "variant", "criterion", "crop_scale", "negatives",
-        "options", "knn_auc_best",
+        "key", "label", "kind", "status", "variant", "method", "criterion", "crop_scale",
+        "negatives", "options", "knn_auc_best",
     ]
     columns += [f"{stage}_{c}" for stage in STAGES for c in STAGE_COLUMNS]
     rows = pd.DataFrame(records, columns=columns + ["index"])
@@ -301,6 +305,7 @@ def _pick_baseline(rows: pd.DataFrame, baseline: str | None) -> str | None:
     if baseline is None:
         default = rows[
             (rows["kind"] == "pretrain")
+            & (rows["method"] == "moco")
             & (rows["criterion"] == "instance")
             & (rows["crop_scale"] == "none")
             & (rows["negatives"] == "default")
@@ -508,6 +513,11 @@ def _options(params: dict[str, str]) -> str:
         out.append(f"anchors with a partner under {params['anchors_with']}")
     if params.get("negatives") == "reweighted" and params.get("reweight_t"):
         out.append(f"t = {params['reweight_t']}")
+    if params.get("hard_negatives_by") not in (None, "None", "", "view"):
+        out.append(f"hard negatives by {params['hard_negatives_by']}")
+    if params.get("method") == "mvmae":
+        out.append(f"beta {params.get('beta_max')} ({params.get('align')}), "
+                   f"mask {params.get('mask_ratio')}, {params.get('vit')}")
     return "; ".join(out)
 
 
@@ -552,9 +562,11 @@ def _short_label(row: dict[str, Any]) -> str:
     if row["kind"] == "baseline":
         return str(row["criterion"])
     parts = [str(row["criterion"])]
+    if row["method"] != "moco":
+        parts[0] = f"{row['method']}: {parts[0]}"
     if row["crop_scale"] != "none":
         parts.append(f"crop {row['crop_scale']}")
-    if row["negatives"] != "default":
+    if row["negatives"] not in ("default", "—"):
         parts.append(str(row["negatives"]))
     if row["options"]:
         parts.append(str(row["options"]))

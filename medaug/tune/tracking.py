@@ -63,15 +63,30 @@ CURVE_KEYS: tuple[str, ...] = ("loss", "knn_auc", "images_per_s")
 STAGES: tuple[str, ...] = ("linear", "e2e")
 # Top-level param names (besides the flattened config) that reports group by.
 SUMMARY_PARAMS: dict[str, str] = {
+    "method": "pretrain.method",
     "criterion": "pretrain.criterion",
-    "crop_scale": "pretrain.crop_scale",
-    "negatives": "moco.negatives",
     "size_match": "pretrain.size_match",
     "distinct_only": "pretrain.distinct_only",
-    "reweight_t": "moco.reweight_t",
+}
+# The summary names each method adds (a name means the same thing in every method that has it:
+# the crop's smallest area share, ...).
+METHOD_PARAMS: dict[str, dict[str, str]] = {
+    "moco": {
+        "crop_scale": "pretrain.crop_scale",
+        "negatives": "moco.negatives",
+        "reweight_t": "moco.reweight_t",
+        "hard_negatives_by": "moco.hard_negatives_by",
+    },
+    "mvmae": {
+        "crop_scale": "mvmae.crop_scale",
+        "beta_max": "mvmae.beta_max",
+        "align": "mvmae.align",
+        "mask_ratio": "mvmae.mask_ratio",
+        "vit": "mvmae.vit",
+    },
 }
 # The summary params shown as columns of the runs table (the others are one click away).
-TABLE_PARAMS: tuple[str, ...] = ("criterion", "crop_scale", "negatives")
+TABLE_PARAMS: tuple[str, ...] = ("method", "criterion", "crop_scale", "negatives", "beta_max")
 UI_PORT = 5000
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 _MAX_NOTE = 20000  # and on an experiment tag's

@@ -36,6 +36,7 @@ from medaug.files import write_json_atomic
 from medaug.pairs import criterion_label, resolve_criterion
 from medaug.tune.space import BASELINE, VARIANT, SweepConfig, TrialSpec, trial_for_config
 from medaug.tune.tracking import (
+    METHOD_PARAMS,
     SUMMARY_PARAMS,
     Tracker,
     result_metrics,
@@ -87,7 +88,8 @@ def trial_params(cfg: Config, spec: TrialSpec) -> dict[str, Any]:
     summary names are ``-``, so that the runs table does not show pretraining choices)."""
     flat = flatten(config_to_dict(cfg))
     params: dict[str, Any] = dict(flat)
-    for name, key in SUMMARY_PARAMS.items():
+    summary = {**SUMMARY_PARAMS, **METHOD_PARAMS.get(cfg.pretrain.method, {})}
+    for name, key in summary.items():
         params[name] = flat.get(key) if not spec.baseline else "-"
     if spec.baseline:
         params["criterion"] = f"{spec.baseline} (no pretraining)"

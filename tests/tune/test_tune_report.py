@@ -258,9 +258,9 @@ def test_significance_marks(sweep_dir):
     md = table.to_markdown()
     lines = {line.split(" | ")[0][2:]: line for line in md.splitlines() if line.startswith("| ")}
 
-    def cell(key, stage):  # the Δ cell of a row: after Trial, Criterion, ..., the stage's AUC
+    def cell(key, stage):  # the Δ cell of a row: after Trial, Method, ..., the stage's AUC
         cells = lines[key].strip("| ").split(" | ")
-        return cells[5 + 1 + (4 if stage == "e2e" else 0)]
+        return cells[6 + 1 + (4 if stage == "e2e" else 0)]
 
     same = RUNS["criterion=patient_same_study"][1]
     mean, lo, hi, _ = _paired(same, BASE_LINEAR)

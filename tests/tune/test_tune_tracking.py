@@ -56,7 +56,8 @@ def test_view_state_shows_the_comparison_columns():
         "metrics.`linear_auc_mean`", "metrics.`linear_auc_std`",
         "metrics.`e2e_auc_mean`", "metrics.`e2e_auc_std`",
         "metrics.`linear_select_auc_mean`",
-        "params.`criterion`", "params.`crop_scale`", "params.`negatives`",
+        "params.`method`", "params.`criterion`", "params.`crop_scale`", "params.`negatives`",
+        "params.`beta_max`",
     ]
     assert view["columnOrder"][:4] == [
         "attributes.`Run Name`", "runDateAndNestInfo", "attributes.`Dataset`", "duration"
@@ -283,3 +284,25 @@ def test_result_metrics_names():
         "e2e_auc_std": 0.0,
         "e2e_auc_split0": 0.9,
     }
+
+
+def test_summary_params_follow_the_method():
+    """A MoCo trial names its negatives; a multi-view MAE trial its beta, distance, mask and
+    encoder instead, and no negatives it does not have."""
+    from medaug.config import build_config
+    from medaug.tune.space import TrialSpec
+    from medaug.tune.trial import trial_params
+
+    moco = trial_params(build_config({"moco": {"negatives": "reweighted", "reweight_t": 0.9}}),
+                        TrialSpec("m", {}, "m"))
+    assert (moco["method"], moco["negatives"], moco["reweight_t"]) == ("moco", "reweighted", 0.9)
+    assert "beta_max" not in moco and moco["crop_scale"] is None
+    mae = trial_params(build_config({
+        "pretrain": {"method": "mvmae"},
+        "mvmae": {"beta_max": 0.0, "align": "infonce", "crop_scale": 0.6},
+        "data": {"image_size": 224},
+    }), TrialSpec("v", {}, "v"))
+    assert (mae["method"], mae["beta_max"], mae["align"], mae["crop_scale"]) == (
+        "mvmae", 0.0, "infonce", 0.6)
+    assert (mae["mask_ratio"], mae["vit"]) == (0.93, "vit_base")
+    assert "negatives" not in mae and "reweight_t" not in mae
