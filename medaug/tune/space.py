@@ -694,6 +694,7 @@ SMOKE_SETTINGS: dict[str, Any] = {
         "knn_queries": 32,
         "knn_k": 5,
         "lr_milestones": [],
+        "warmup_epochs": 0,  # a sweep's warm-up (the MAE's) would outlast the two epochs
         "max_failures": 0,
     },
     "moco": {"queue_size": 64, "n_hard": 4},
