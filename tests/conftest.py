@@ -24,3 +24,15 @@ def chexpert_copy(tmp_path) -> Path:
     """
     shutil.copytree(DATA_FIXTURES / "chexpert", tmp_path, dirs_exist_ok=True)
     return tmp_path / "CheXpert-v1.0-small" / "train.csv"
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (restored after): the small models of the engine, MoCo
+    and MVMAE tests run faster so on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

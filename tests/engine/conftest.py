@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from medaug.config import Config, build_config
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: the engine tests train their small models on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """The small models of these tests run on one thread (``one_thread``)."""
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,8 @@ def ray_cluster():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: the driver's own work (cache, checks) runs on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """The driver's own work (cache, checks) runs on one thread (``one_thread``)."""
 
 
 def _config(phantom_dir, tmp_path, *overrides):
