@@ -17,15 +17,6 @@ def pool_context():
     return multiprocessing.get_context("spawn")
 
 
-def start_pool_server() -> None:
-    """Start the server processes of :func:`pool_context` now (the forkserver and the
-    resource tracker; no effect if they run), so that pools opened later, from any thread,
-    fork from the server rather than starting a process from this one."""
-    context = pool_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
 
 
 def usable_cpus() -> int:
