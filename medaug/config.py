@@ -378,6 +378,11 @@ def check_config(cfg: Config) -> None:
         raise MedaugError(f"pretrain.crop_scale must lie in (0, 1] or be none, got {p.crop_scale}")
     if p.epochs < 1 or p.batch_size < 1:
         raise MedaugError("pretrain.epochs and batch_size must be positive")
+    if not 0 <= p.warmup_epochs < p.epochs:
+        raise MedaugError(
+            f"pretrain.warmup_epochs must lie in [0, pretrain.epochs), got {p.warmup_epochs} of "
+            f"{p.epochs}"
+        )
     if p.num_workers < 0:
         raise MedaugError(
             f"pretrain.num_workers must be at least 0 (0: Ray Train's local mode, in the "

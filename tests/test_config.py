@@ -82,3 +82,9 @@ def test_round_trip_through_yaml(tmp_path):
     flat = flatten(config_to_dict(cfg))
     assert flat["pretrain.epochs"] == 2
     assert flat["data.column_map"] == {"path": "file"}
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_before_any_work():
+    with pytest.raises(MedaugError, match="warmup_epochs must lie in"):
+        build_config(None, ["pretrain.epochs=3", "pretrain.warmup_epochs=3"])
+    assert build_config(None, ["pretrain.epochs=3", "pretrain.warmup_epochs=2"]).pretrain.warmup_epochs == 2

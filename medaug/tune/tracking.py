@@ -59,7 +59,13 @@ EXPERIMENT_KIND = "custom_model_development"  # MLflow's "model training" kind, 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "medaug"  # opened with #/experiments/<id>/runs?viewStateShareKey=medaug
 DATASET_CONTEXT_TAG = "mlflow.data.context"
-CURVE_KEYS: tuple[str, ...] = ("loss", "knn_auc", "images_per_s")
+# Per-epoch curves: the loop's own, then the methods' statistics where a method reports them
+# (MoCo's own-image negatives; the multi-view MAE's two loss terms, their weighted shares,
+# beta and the views' cosine, so that a negligible or collapsing alignment shows).
+CURVE_KEYS: tuple[str, ...] = (
+    "loss", "knn_auc", "images_per_s", "n_neg_own", "recon", "align", "recon_share",
+    "align_share", "beta", "align_cos",
+)
 STAGES: tuple[str, ...] = ("linear", "e2e")
 # Top-level param names (besides the flattened config) that reports group by.
 SUMMARY_PARAMS: dict[str, str] = {

@@ -306,3 +306,18 @@ def test_summary_params_follow_the_method():
         "mvmae", 0.0, "infonce", 0.6)
     assert (mae["mask_ratio"], mae["vit"]) == (0.93, "vit_base")
     assert "negatives" not in mae and "reweight_t" not in mae
+
+
+def test_a_methods_statistics_become_curves(store):
+    """The multi-view MAE's loss terms and shares are curves beside the loss, so that a
+    negligible or collapsing alignment shows in the UI."""
+    _, uri = store
+    tracker = Tracker(uri, "exp-c", "s1")
+    run = tracker.start_trial("k")
+    rows = [{"epoch": e, "loss": 1.0 / e, "recon": 0.9 / e, "align": 0.05, "beta": e / 2,
+             "recon_share": 0.9, "align_share": 0.1, "align_cos": 0.5 + e / 10}
+            for e in (1, 2)]
+    assert tracker.log_curves(run, rows) == 2
+    for key in ("recon", "align", "beta", "recon_share", "align_share", "align_cos"):
+        history = tracker.client.get_metric_history(run, key)
+        assert sorted((m.step, m.value) for m in history) == [(e, rows[e - 1][key]) for e in (1, 2)]
