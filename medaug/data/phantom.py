@@ -29,6 +29,7 @@ worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from medaug.errors import MedaugError
 
 # CheXpert's CSV columns, in order.
 CSV_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + OBSERVATIONS
-SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 # Bumped whenever the generative model changes, so a stored phantom is never mistaken for
@@ -78,6 +79,106 @@ _CHAIN_SICK = np.array(
 CARDIOMEGALY_THRESHOLD = 0.52  # cardiothoracic ratio
 EDEMA_THRESHOLD = 0.5
 MEDIASTINUM_THRESHOLD = 1.18  # mediastinal width relative to normal
+
+
+@dataclass(frozen=True)
+class PhantomStyle:
+    """The knobs of the generative model: how strongly what varies between patients, between
+    studies and between films.  The defaults are the original phantom (byte for byte).
+
+    Attributes:
+        anatomy_spread: scale of the between-patient spread of anatomy, habitus and exposure
+            (1: the original spread; smaller values make patients look more alike).
+        exposure_jitter: per-film relative spread of the tube output and of the film's gamma
+            around the patient's own (0.03: films of a patient look alike).
+        noise, grain: standard deviation of the pixel-scale mottle and of the coarser grain.
+        noise_spread: per-film spread of the noise: its level is scaled by exp(U(-s, s)) and
+            its grain is 1, 2 or 3 pixels (0: the same noise texture on every film).
+        pose_jitter: scale of the per-film positioning jitter (1: rotation 0.8 degrees, scale
+            1.5%, shift 3% of the film).
+        marker: share of films carrying a radiopaque side marker (a bright "L"-shaped block)
+            at a random place along the top edge.
+        views: shares of studies with one frontal film, a frontal and a lateral, two frontals
+            (a third of those with a lateral too) and a lateral only.
+        effusion_mixing: share of the effusion chain's transitions replaced by a fresh draw from
+            the patient's starting distribution (0: the original persistence; 1: studies of a
+            patient independent).
+        study_stop: chance that a patient has no further study after each one (the number of
+            studies is geometric, mean 1 / study_stop, at most 12; CheXpert has about 2.9).
+        split_shares: shares of the patients in train, valid and test (CheXpert-like 80/10/10;
+            a larger test share gives tighter test AUCs at no cost to pretraining).
+    """
+
+    anatomy_spread: float = 1.0
+    exposure_jitter: float = 0.03
+    noise: float = 0.016
+    grain: float = 0.01
+    noise_spread: float = 0.0
+    pose_jitter: float = 1.0
+    marker: float = 0.0
+    views: tuple[float, float, float, float] = (0.58, 0.30, 0.07, 0.05)
+    effusion_mixing: float = 0.0
+    study_stop: float = 0.36
+    split_shares: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("anatomy_spread", self.anatomy_spread, 0.0, 2.0),
+            ("exposure_jitter", self.exposure_jitter, 0.0, 0.5),
+            ("noise", self.noise, 0.0, 0.3),
+            ("grain", self.grain, 0.0, 0.3),
+            ("noise_spread", self.noise_spread, 0.0, 2.0),
+            ("pose_jitter", self.pose_jitter, 0.0, 5.0),
+            ("marker", self.marker, 0.0, 1.0),
+            ("effusion_mixing", self.effusion_mixing, 0.0, 1.0),
+            ("study_stop", self.study_stop, 0.05, 1.0),
+        )
+        for name, value, low, high in checks:
+            if not low <= value <= high:
+                raise MedaugError(f"phantom style {name} must be in [{low}, {high}], got {value}")
+        views = tuple(float(v) for v in self.views)
+        if len(views) != 4 or min(views) < 0 or abs(sum(views) - 1.0) > 1e-6:
+            raise MedaugError(
+                "phantom style views must be four shares (one frontal, frontal + lateral, two "
+                f"frontals, lateral only) summing to 1, got {self.views}"
+            )
+        object.__setattr__(self, "views", views)
+        shares = tuple(float(v) for v in self.split_shares)
+        if len(shares) != 3 or min(shares) <= 0 or abs(sum(shares) - 1.0) > 1e-6:
+            raise MedaugError(
+                "phantom style split_shares must be three positive shares (train, valid, test) "
+                f"summing to 1, got {self.split_shares}"
+            )
+        object.__setattr__(self, "split_shares", shares)
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
+
+
+DEFAULT_STYLE = PhantomStyle()
+# Named styles (``medaug data phantom --style NAME``).
+STYLES: dict[str, PhantomStyle] = {"original": DEFAULT_STYLE}
+
+
+def resolve_style(style: PhantomStyle | str | dict | None) -> PhantomStyle:
+    """A :class:`PhantomStyle` from itself, a name in ``STYLES``, a mapping of its fields, or
+    None (the original phantom)."""
+    if style is None:
+        return DEFAULT_STYLE
+    if isinstance(style, PhantomStyle):
+        return style
+    if isinstance(style, str):
+        if style not in STYLES:
+            raise MedaugError(f"unknown phantom style {style!r}; valid: {', '.join(STYLES)}")
+        return STYLES[style]
+    names = {f.name for f in dataclasses.fields(PhantomStyle)}
+    unknown = sorted(set(style) - names)
+    if unknown:
+        raise MedaugError(
+            f"unknown phantom style field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+        )
+    return PhantomStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in style.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +237,16 @@ class Study:
     views: tuple[str, ...]  # "PA" | "AP" | "LATERAL", in file order
 
 
-def _sample_patient(rng: np.random.Generator) -> Patient:
+def _sample_patient(rng: np.random.Generator, style: PhantomStyle = DEFAULT_STYLE) -> Patient:
+    k = style.anatomy_spread
+
+    def normal(mean: float, sd: float) -> float:
+        return float(rng.normal(mean, sd * k))
+
+    def uniform(low: float, high: float) -> float:
+        v = float(rng.uniform(low, high))  # one draw whatever k, so k = 1 is the original
+        return v if k == 1.0 else (low + high) / 2 + (v - (low + high) / 2) * k
+
     sex = "Male" if rng.random() < 0.56 else "Female"
     male = sex == "Male"
     age = float(np.clip(rng.normal(61.0, 17.0), 18.0, 90.0))
@@ -155,23 +265,23 @@ def _sample_patient(rng: np.random.Generator) -> Patient:
         sex=sex,
         age=age,
         propensity=rho,
-        width=float(rng.normal(1.03 if male else 0.97, 0.04)),
-        height=float(rng.normal(1.0, 0.04)),
-        shift=float(rng.normal(0.0, 0.02)),
-        rotation=float(rng.normal(0.0, 2.0)),
-        scale=float(rng.normal(1.0, 0.03)),
-        ctr=float(np.clip(rng.normal(0.445, 0.035) + 0.05 * rho + 0.0008 * (age - 60), 0.36, 0.62)),
-        heart_dx=float(rng.normal(0.06, 0.02)),
-        heart_tilt=float(rng.normal(0.35, 0.08)),
-        mediastinum=float(np.clip(rng.normal(1.0, 0.09), 0.75, 1.5)),
-        rib_spacing=float(rng.uniform(0.125, 0.16)),
-        rib_phase=float(rng.uniform(0.0, 1.0)),
-        diaphragm=float(rng.normal(0.38, 0.04)),
-        diaphragm_asym=float(rng.normal(0.04, 0.015)),
-        soft=float(rng.uniform(0.85, 1.2)),
-        air=float(rng.uniform(0.85, 1.1)),
-        gain=float(rng.uniform(0.9, 1.1)),
-        gamma=float(rng.uniform(0.8, 1.25)),
+        width=normal(1.03 if male else 0.97, 0.04),
+        height=normal(1.0, 0.04),
+        shift=normal(0.0, 0.02),
+        rotation=normal(0.0, 2.0),
+        scale=normal(1.0, 0.03),
+        ctr=float(np.clip(normal(0.445, 0.035) + 0.05 * rho + 0.0008 * (age - 60), 0.36, 0.62)),
+        heart_dx=normal(0.06, 0.02),
+        heart_tilt=normal(0.35, 0.08),
+        mediastinum=float(np.clip(normal(1.0, 0.09), 0.75, 1.5)),
+        rib_spacing=uniform(0.125, 0.16),
+        rib_phase=uniform(0.0, 1.0),
+        diaphragm=normal(0.38, 0.04),
+        diaphragm_asym=normal(0.04, 0.015),
+        soft=uniform(0.85, 1.2),
+        air=uniform(0.85, 1.1),
+        gain=uniform(0.9, 1.1),
+        gamma=uniform(0.8, 1.25),
         effusion_side=str(rng.choice(["right", "left", "both"], p=[0.35, 0.25, 0.40])),
         texture=rng.standard_normal((2, 14, 14)).astype(np.float32),
         nodules=nodules,
@@ -182,23 +292,31 @@ def _sample_patient(rng: np.random.Generator) -> Patient:
     )
 
 
-def _sample_views(rng: np.random.Generator, ap_prob: float) -> tuple[str, ...]:
+def _sample_views(
+    rng: np.random.Generator, ap_prob: float, shares: tuple[float, ...] = DEFAULT_STYLE.views
+) -> tuple[str, ...]:
     frontal = "AP" if rng.random() < ap_prob else "PA"
     u = rng.random()
-    if u < 0.58:
+    one, with_lateral, two = np.cumsum(shares[:3])
+    if u < one:
         return (frontal,)
-    if u < 0.88:
+    if u < with_lateral:
         return (frontal, "LATERAL")
-    if u < 0.95:
+    if u < two:
         return (frontal, frontal) if rng.random() < 0.7 else (frontal, frontal, "LATERAL")
     return ("LATERAL",)
 
 
-def _sample_studies(rng: np.random.Generator, p: Patient) -> list[Study]:
-    n = int(min(rng.geometric(0.36), 12))  # CheXpert: about 2.9 studies per patient
+def _sample_studies(
+    rng: np.random.Generator, p: Patient, style: PhantomStyle = DEFAULT_STYLE
+) -> list[Study]:
+    n = int(min(rng.geometric(style.study_stop), 12))  # CheXpert: about 2.9 studies per patient
     rho = p.propensity
     chain = (1 - rho) * _CHAIN_HEALTHY + rho * _CHAIN_SICK
-    state = int(rng.choice(4, p=(1 - rho) * _START_HEALTHY + rho * _START_SICK))
+    start = (1 - rho) * _START_HEALTHY + rho * _START_SICK
+    if style.effusion_mixing:
+        chain = (1 - style.effusion_mixing) * chain + style.effusion_mixing * start
+    state = int(rng.choice(4, p=start))
     devices: tuple[str, ...] = ()
     age = p.age
     studies = []
@@ -262,7 +380,7 @@ def _sample_studies(rng: np.random.Generator, p: Patient) -> list[Study]:
                 pneumothorax=pneumothorax,
                 devices=study_devices,
                 pneumonia=consolidation is not None and rng.random() < 0.6,
-                views=_sample_views(rng, 0.5 + 0.35 * sick),
+                views=_sample_views(rng, 0.5 + 0.35 * sick, style.views),
             )
         )
     return studies
@@ -459,8 +577,10 @@ def _sample_field(grid: np.ndarray, x: np.ndarray, y: np.ndarray, extent: float 
     return top + wy * (bottom - top)
 
 
-def _grid(width: int, height: int, size: int, p: Patient, rng: np.random.Generator):
-    """Pixel grid mapped into the patient's anatomical frame (rotation, shift, scale).
+def _grid(width: int, height: int, size: int, p: Patient, rng: np.random.Generator,
+          style: PhantomStyle = DEFAULT_STYLE):
+    """Pixel grid mapped into the patient's anatomical frame (rotation, shift, scale: the
+    patient's own pose and this film's positioning jitter).
 
     Returns x (right), y (down), each height x width float32; the central size x size
     square spans [-1, 1]^2 before the patient's pose is applied.
@@ -469,26 +589,49 @@ def _grid(width: int, height: int, size: int, p: Patient, rng: np.random.Generat
     u = (np.arange(width, dtype=np.float32) + 0.5 - width / 2.0) / half
     v = (np.arange(height, dtype=np.float32) + 0.5 - height / 2.0) / half
     u, v = np.meshgrid(u, v)  # H x W each
-    angle = math.radians(p.rotation + rng.normal(0.0, 0.8))
-    scale = p.scale * float(rng.normal(1.0, 0.015))
-    du, dv = (float(d) for d in rng.normal(0.0, 0.03, size=2))
+    k = style.pose_jitter
+    angle = math.radians(p.rotation + rng.normal(0.0, 0.8 * k))
+    scale = p.scale * float(rng.normal(1.0, 0.015 * k))
+    du, dv = (float(d) for d in rng.normal(0.0, 0.03 * k, size=2))
     c, s = math.cos(angle), math.sin(angle)
     x = (c * u + s * v - du) / scale
     y = (-s * u + c * v - dv) / scale
     return x, y
 
 
-def _to_pixels(atten: np.ndarray, p: Patient, rng: np.random.Generator) -> np.ndarray:
+def _to_pixels(atten: np.ndarray, p: Patient, rng: np.random.Generator,
+               style: PhantomStyle = DEFAULT_STYLE) -> np.ndarray:
     """Attenuation -> film brightness in uint8 (bright = dense), with exposure and noise."""
-    gain = p.gain * float(rng.normal(1.0, 0.03))
+    jitter = style.exposure_jitter
+    # Clipped so that a wide jitter never inverts the film (no effect at the default 0.03).
+    gain = p.gain * max(float(rng.normal(1.0, jitter)), 0.3)
     img = 1.0 - np.exp(-0.95 * gain * np.maximum(atten, 0.0))  # H x W in [0, 1)
-    img = img ** (p.gamma * float(rng.normal(1.0, 0.03)))
-    # Quantum mottle at the pixel scale plus a slightly coarser grain.
+    img = img ** (p.gamma * max(float(rng.normal(1.0, jitter)), 0.3))
+    # Quantum mottle at the pixel scale plus a coarser grain; with noise_spread, each film
+    # has its own noise level and grain size (detector, dose, processing).
     h, w = img.shape
-    img = img + rng.normal(0.0, 0.016, size=(h, w)).astype(np.float32)
-    coarse = rng.standard_normal((h // 2 + 1, w // 2 + 1)).astype(np.float32)
-    img = img + 0.01 * np.repeat(np.repeat(coarse, 2, 0), 2, 1)[:h, :w]
+    level, grain = 1.0, 2
+    if style.noise_spread:
+        level = math.exp(float(rng.uniform(-style.noise_spread, style.noise_spread)))
+        grain = int(rng.integers(1, 4))
+    img = img + rng.normal(0.0, style.noise * level, size=(h, w)).astype(np.float32)
+    coarse = rng.standard_normal((h // grain + 1, w // grain + 1)).astype(np.float32)
+    img = img + style.grain * level * np.repeat(np.repeat(coarse, grain, 0), grain, 1)[:h, :w]
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _marker(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A radiopaque side marker: a dense "L"-shaped block somewhere along the top of the
+    film's central square (what the image cache keeps), placed on the detector: film
+    coordinates, not the patient's."""
+    side = max(3, round(0.09 * width))  # the block's side in pixels
+    bar = max(1, side // 3)
+    top = (height - width) // 2 + int(rng.integers(1, max(2, int(0.12 * width))))
+    left = int(rng.integers(1, max(2, width - side - 1)))
+    out = np.zeros((height, width), np.float32)
+    out[top : top + side, left : left + bar] = 1.5  # the upright
+    out[top + side - bar : top + side, left : left + side] = 1.5  # the foot
+    return out
 
 
 def _lung_envelope(x, y, cx, cy, a, b, edge) -> np.ndarray:
@@ -511,13 +654,13 @@ def _vessels(p: Patient, x, y) -> np.ndarray:
 
 def render_frontal(
     p: Patient, s: Study, projection: str, width: int, height: int, size: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, style: PhantomStyle = DEFAULT_STYLE,
 ) -> np.ndarray:
     """One frontal (PA or AP) film of study ``s`` as a height x width uint8 array.
 
     The image's left is the patient's right (``side`` -1), as on a real film.
     """
-    x, y = _grid(width, height, size, p, rng)
+    x, y = _grid(width, height, size, p, rng, style)
     edge = 1.6 / size  # anti-aliasing width: about a pixel
     ap = projection == "AP"
     x = x - p.shift
@@ -642,7 +785,9 @@ def render_frontal(
         atten += 0.2 * _soft(0.03 - np.abs(rim), edge) * _soft(y + 0.3, 0.05) * envelope
 
     atten += _draw_devices(x, y, s, edge, dia)
-    return _to_pixels(atten, p, rng)
+    if style.marker and rng.random() < style.marker:
+        atten += _marker(height, width, rng)
+    return _to_pixels(atten, p, rng, style)
 
 
 def _draw_devices(x, y, s: Study, edge: float, dia: float) -> np.ndarray:
@@ -669,9 +814,10 @@ def _draw_devices(x, y, s: Study, edge: float, dia: float) -> np.ndarray:
 
 def render_lateral(
     p: Patient, s: Study, width: int, height: int, size: int, rng: np.random.Generator,
+    style: PhantomStyle = DEFAULT_STYLE,
 ) -> np.ndarray:
     """One lateral film of study ``s`` as a height x width uint8 array."""
-    x, y = _grid(width, height, size, p, rng)
+    x, y = _grid(width, height, size, p, rng, style)
     edge = 1.6 / size
     h = p.height
     depth = 0.82 + 0.15 * p.soft  # anteroposterior chest depth grows with habitus
@@ -727,7 +873,9 @@ def render_lateral(
         atten += 0.4 * _tube(x, y, pts, 0.01, edge)
     if rng.random() < 0.5:  # gastric air
         atten -= 0.25 * _ellipse(x, y, cx - 0.1, dia + 0.25, 0.1, 0.06, 0.02)
-    return _to_pixels(atten, p, rng)
+    if style.marker and rng.random() < style.marker:
+        atten += _marker(height, width, rng)
+    return _to_pixels(atten, p, rng, style)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,12 +900,12 @@ def _encode_jpeg(pixels: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _generate_patient(task: tuple[int, int, str, int, Path, int]) -> list[list]:
+def _generate_patient(task: tuple[int, int, str, int, Path, int, PhantomStyle]) -> list[list]:
     """Draw one patient's studies and images; returns their CSV rows (worker entry point)."""
-    seed, index, split, number, out, size = task
+    seed, index, split, number, out, size, style = task
     rng = _patient_rng(seed, index)
-    patient = _sample_patient(rng)
-    studies = _sample_studies(rng, patient)
+    patient = _sample_patient(rng, style)
+    studies = _sample_studies(rng, patient, style)
     rows = []
     clean = split != "train"
     for study in studies:
@@ -766,10 +914,11 @@ def _generate_patient(task: tuple[int, int, str, int, Path, int]) -> list[list]:
         for view_no, projection in enumerate(study.views, start=1):
             width, height = _image_shape(rng, size)
             if projection == "LATERAL":
-                pixels = render_lateral(patient, study, width, height, size, rng)
+                pixels = render_lateral(patient, study, width, height, size, rng, style)
                 kind, ap_pa = "lateral", ""
             else:
-                pixels = render_frontal(patient, study, projection, width, height, size, rng)
+                pixels = render_frontal(patient, study, projection, width, height, size, rng,
+                                        style)
                 kind, ap_pa = "frontal", projection
             rel = f"{split}/patient{number:05d}/study{study.index + 1}/view{view_no}_{kind}.jpg"
             _encode_jpeg(pixels, out / rel)
@@ -781,13 +930,16 @@ def _generate_chunk(tasks: list[tuple]) -> list[list[list]]:
     return [_generate_patient(t) for t in tasks]
 
 
-def assign_splits(n_patients: int, seed: int) -> list[str]:
-    """Patient index -> split: a seeded shuffle cut at 80/10/10 (patient-disjoint by design)."""
+def assign_splits(
+    n_patients: int, seed: int, shares: tuple[float, float, float] = DEFAULT_STYLE.split_shares
+) -> list[str]:
+    """Patient index -> split: a seeded shuffle cut at the train / valid / test ``shares``
+    (80/10/10 by default; patient-disjoint by design)."""
     order = np.random.default_rng(np.random.SeedSequence([VERSION, seed, 1 << 30])).permutation(
         n_patients
     )
-    n_valid = max(1, round(n_patients * SPLIT_FRACTIONS["valid"])) if n_patients >= 3 else 0
-    n_test = max(1, round(n_patients * SPLIT_FRACTIONS["test"])) if n_patients >= 3 else 0
+    n_valid = max(1, round(n_patients * shares[1])) if n_patients >= 3 else 0
+    n_test = max(1, round(n_patients * shares[2])) if n_patients >= 3 else 0
     n_train = n_patients - n_valid - n_test
     splits = [""] * n_patients
     for rank, index in enumerate(order):
@@ -825,6 +977,7 @@ def make_phantom(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    style: PhantomStyle | str | dict | None = None,
 ) -> dict:
     """Generate the phantom dataset under ``out`` in CheXpert's layout.
 
@@ -841,6 +994,8 @@ def make_phantom(
         seed: the dataset seed; the same seed gives byte-identical files.
         workers: processes drawing patients in parallel (default: the usable CPUs).
         progress: show a progress bar on stderr.
+        style: the generative model's knobs: a :class:`PhantomStyle`, the name of one in
+            ``STYLES``, or a mapping of its fields (default: the original phantom).
 
     Returns:
         Summary counts: ``patients``, ``studies``, ``images``, ``frontal``, ``lateral``
@@ -852,7 +1007,10 @@ def make_phantom(
         raise MedaugError(f"the phantom needs at least 1 patient, got {n_patients}")
     if image_size < 16:
         raise MedaugError(f"phantom image size must be at least 16 pixels, got {image_size}")
+    style = resolve_style(style)
     params = {"version": VERSION, "n_patients": n_patients, "image_size": image_size, "seed": seed}
+    if style != DEFAULT_STYLE:  # the original phantom keeps its original manifest
+        params["style"] = style.to_dict()
     manifest = out / MANIFEST
     if manifest.exists():
         try:
@@ -860,7 +1018,7 @@ def make_phantom(
         except (OSError, ValueError):
             previous = {}
         if previous.get("complete") and previous.get("params") == params and all(
-            (out / f"{s}.csv").exists() for s in SPLIT_FRACTIONS
+            (out / f"{s}.csv").exists() for s in SPLITS
         ):
             return previous["summary"]
         _clear_previous(out)  # another phantom, or one whose generation was interrupted
@@ -874,15 +1032,15 @@ def make_phantom(
     _write_manifest(manifest, {"params": params, "complete": False})
     start = time.perf_counter()
 
-    splits = assign_splits(n_patients, seed)
+    splits = assign_splits(n_patients, seed, style.split_shares)
     # Patient numbers follow CheXpert: train patients first, then valid, then test.
     numbers, counter = [0] * n_patients, 0
-    for split in SPLIT_FRACTIONS:
+    for split in SPLITS:
         for index in range(n_patients):
             if splits[index] == split:
                 counter += 1
                 numbers[index] = counter
-    tasks = [(seed, i, splits[i], numbers[i], out, image_size) for i in range(n_patients)]
+    tasks = [(seed, i, splits[i], numbers[i], out, image_size, style) for i in range(n_patients)]
     workers = usable_cpus() if workers is None else max(1, int(workers))
     chunk = max(1, min(32, math.ceil(n_patients / (4 * workers))))
     chunks = [tasks[i : i + chunk] for i in range(0, n_patients, chunk)]
@@ -902,7 +1060,7 @@ def make_phantom(
                 bar.update(len(c))
     bar.close()
 
-    by_split: dict[str, list[list]] = {s: [] for s in SPLIT_FRACTIONS}
+    by_split: dict[str, list[list]] = {s: [] for s in SPLITS}
     for index in sorted(range(n_patients), key=lambda i: numbers[i]):
         by_split[splits[index]].extend(results[index])
     summary = _summarise(by_split, splits)
