@@ -76,6 +76,7 @@ _CHAIN_SICK = np.array(
         [0.05, 0.10, 0.35, 0.50],
     ]
 )
+_MEAN_PROPENSITY = 1.2 / (1.2 + 2.2)  # of the Beta(1.2, 2.2) patients draw
 CARDIOMEGALY_THRESHOLD = 0.52  # cardiothoracic ratio
 EDEMA_THRESHOLD = 0.5
 MEDIASTINUM_THRESHOLD = 1.18  # mediastinal width relative to normal
@@ -103,6 +104,10 @@ class PhantomStyle:
         effusion_mixing: share of the effusion chain's transitions replaced by a fresh draw from
             the patient's starting distribution (0: the original persistence; 1: studies of a
             patient independent).
+        effusion_coupling: how much the patient's propensity (which also enlarges the heart and
+            brings edema and devices) sets their effusion chain (1: the original; 0: every
+            patient follows the average chain, so nothing that identifies a patient predicts
+            effusion).
         study_stop: chance that a patient has no further study after each one (the number of
             studies is geometric, mean 1 / study_stop, at most 12; CheXpert has about 2.9).
         split_shares: shares of the patients in train, valid and test (CheXpert-like 80/10/10;
@@ -118,6 +123,7 @@ class PhantomStyle:
     marker: float = 0.0
     views: tuple[float, float, float, float] = (0.58, 0.30, 0.07, 0.05)
     effusion_mixing: float = 0.0
+    effusion_coupling: float = 1.0
     study_stop: float = 0.36
     split_shares: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
@@ -131,6 +137,7 @@ class PhantomStyle:
             ("pose_jitter", self.pose_jitter, 0.0, 5.0),
             ("marker", self.marker, 0.0, 1.0),
             ("effusion_mixing", self.effusion_mixing, 0.0, 1.0),
+            ("effusion_coupling", self.effusion_coupling, 0.0, 1.0),
             ("study_stop", self.study_stop, 0.05, 1.0),
         )
         for name, value, low, high in checks:
@@ -312,8 +319,12 @@ def _sample_studies(
 ) -> list[Study]:
     n = int(min(rng.geometric(style.study_stop), 12))  # CheXpert: about 2.9 studies per patient
     rho = p.propensity
-    chain = (1 - rho) * _CHAIN_HEALTHY + rho * _CHAIN_SICK
-    start = (1 - rho) * _START_HEALTHY + rho * _START_SICK
+    # The effusion chain's own propensity: the patient's, pulled towards the population mean.
+    r = rho if style.effusion_coupling == 1.0 else (
+        style.effusion_coupling * rho + (1 - style.effusion_coupling) * _MEAN_PROPENSITY
+    )
+    chain = (1 - r) * _CHAIN_HEALTHY + r * _CHAIN_SICK
+    start = (1 - r) * _START_HEALTHY + r * _START_SICK
     if style.effusion_mixing:
         chain = (1 - style.effusion_mixing) * chain + style.effusion_mixing * start
     state = int(rng.choice(4, p=start))
