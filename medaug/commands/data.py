@@ -1,6 +1,7 @@
 """``medaug data``: make the phantom dataset, build an image cache, convert a metadata table.
 
-    medaug data phantom OUT --patients N --image-size PX --seed S [--workers W]
+    medaug data phantom OUT --patients N --image-size PX --seed S [--workers W] \
+        [--style NAME_OR_MAPPING] [--style-set FIELD=VALUE ...]
     medaug data cache --dataset chexpert --csv PATH [--root DIR] [--image-size PX] ...
     medaug data table --dataset chexpert --csv PATH --out table.parquet
     medaug data table --dataset csv --csv PATH --map path=file patient_id=subject \
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from medaug.data.load import parse_column_map, parse_value_map
+from medaug.errors import MedaugError
 
 DEFAULT_CACHE_DIR = "runs/cache"
 
@@ -37,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     phantom.add_argument("--seed", type=int, default=0, help="dataset seed")
     phantom.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
     phantom.add_argument("--quiet", action="store_true", help="no progress bar")
+    phantom.add_argument(
+        "--style", default=None, metavar="NAME_OR_MAPPING",
+        help="the generative model's knobs: a named style (original) or an inline YAML / JSON "
+        "mapping of PhantomStyle fields, e.g. '{study_stop: 0.2, effusion_mixing: 0.5}'",
+    )
+    phantom.add_argument(
+        "--style-set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+        help="style fields set on top of --style (e.g. study_stop=0.2 views=[0.4,0.4,0.1,0.1])",
+    )
 
     def table_source(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", choices=list(DATASETS), default="chexpert", help="table layout")
@@ -118,14 +129,56 @@ def phantom_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _phantom(args: argparse.Namespace) -> int:
-    from medaug.data.phantom import make_phantom
+def phantom_style(text: str | None, assignments: list[str]):
+    """The :class:`PhantomStyle` of ``--style`` (a name in ``STYLES`` or an inline YAML / JSON
+    mapping of its fields; default the original) with ``--style-set FIELD=VALUE`` assignments
+    (values read as YAML: numbers, lists) on top.
 
+    Raises:
+        MedaugError: malformed text, unknown names or fields, values out of range.
+    """
+    import yaml
+
+    from medaug.data.phantom import resolve_style
+
+    fields: dict = {}
+    if text is not None:
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            first = str(err).strip().splitlines()[0]
+            raise MedaugError(
+                f"--style {text!r} is not a name or a YAML mapping: {first}"
+            ) from None
+        if not isinstance(spec, (str, dict)):
+            raise MedaugError(
+                f"--style must be a style name or a mapping of its fields, got {text!r}"
+            )
+        fields = resolve_style(spec).to_dict()
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise MedaugError(f"--style-set {item!r} must look like FIELD=VALUE")
+        try:
+            fields[name.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            fields[name.strip()] = raw  # refused as "not a number" by the style's own checks
+    return resolve_style(fields)
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from medaug.data.phantom import DEFAULT_STYLE, make_phantom
+
+    style = phantom_style(args.style, args.style_set)
     summary = make_phantom(
         args.out, args.patients, image_size=args.image_size, seed=args.seed,
-        workers=args.workers, progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet, style=style,
     )
     print(f"phantom dataset in {args.out} ({summary['seconds']:.1f} s)")
+    if style != DEFAULT_STYLE:
+        default = DEFAULT_STYLE.to_dict()
+        changed = [f"{k}={v}" for k, v in style.to_dict().items() if v != default[k]]
+        print(f"style: {', '.join(changed)}")
     print(phantom_summary(summary))
     print("(effusion+: share of images labelled positive; valid/test labels are clean 0/1)")
     csv = shlex.quote(str(Path(args.out) / "train.csv"))

@@ -12,8 +12,11 @@ Columns read: ``Path`` and the 14 observations (required); ``Frontal/Lateral``, 
   file name's ``_frontal`` / ``_lateral`` when the column is absent or blank;
 - projection from ``AP/PA``: PA, AP, LL, LATERAL; blank on a lateral image -> LATERAL
   (CheXpert leaves it blank there); anything else (blank frontal, RL, ...) -> unknown;
-- study_order = the study number (CheXpert gives no dates; a patient's studies are
-  numbered in the order they were taken);
+- study_order = the study number (a patient's studies are numbered in the order they were
+  taken);
+- study_days from the optional ``Study Date`` column (YYYYMMDD or ISO dates; the earliest of a
+  study's images), which CheXpert's own files lack (their study_days stays blank) and the
+  phantom adds;
 - split from the file name (train / valid / test; any other name -> train);
 - image_id = path = the ``Path`` value (relative to the folder above ``CheXpert-v1.0*``).
 
@@ -31,6 +34,8 @@ import pyarrow.compute as pc
 
 from medaug.data.generic import (
     canonical_frame,
+    dates_to_days,
+    earliest_per_study,
     map_words,
     normalise_projection,
     normalise_sex,
@@ -43,6 +48,8 @@ from medaug.errors import MedaugError
 # The last three components of a path: patient folder, study folder, view file.
 PATH_PATTERN = r"/patient\d+/study\d+/view\d+_(frontal|lateral)[^/]*$"
 SIBLINGS: tuple[str, ...] = ("train.csv", "valid.csv", "test.csv")
+# Not one of CheXpert's columns: read when present (the phantom writes it), else no dates.
+STUDY_DATE_COLUMN = "Study Date"
 _SPLIT_BY_STEM: dict[str, str] = {"train": "train", "valid": "valid", "test": "test"}
 
 
@@ -108,7 +115,8 @@ def read_chexpert_file(csv: str | Path, split: str | None = None) -> pd.DataFram
         N rows in file order with the canonical columns.
     """
     csv = Path(csv)
-    str_columns = {"Path": str, "Sex": str, "Frontal/Lateral": str, "AP/PA": str}
+    str_columns = {"Path": str, "Sex": str, "Frontal/Lateral": str, "AP/PA": str,
+                   STUDY_DATE_COLUMN: str}
     df = read_csv_file(csv, "CheXpert CSV", dtype=str_columns)
     require_columns(df, ("Path",) + OBSERVATIONS, csv)
     n = len(df)
@@ -145,6 +153,9 @@ def read_chexpert_file(csv: str | Path, split: str | None = None) -> pd.DataFram
         cols["sex"] = normalise_sex(df["Sex"])
     if "Age" in df.columns:
         cols["age"] = pd.to_numeric(df["Age"], errors="coerce")
+    if STUDY_DATE_COLUMN in df.columns:
+        days = dates_to_days(df[STUDY_DATE_COLUMN], str(csv), STUDY_DATE_COLUMN)
+        cols["study_days"] = earliest_per_study(days, study)
     return canonical_frame(cols, n)
 
 

@@ -14,6 +14,10 @@ The generative model carries the structure MedAug relies on:
 - all images of a study share one latent state and one set of labels (CheXpert labels come
   from the study's report): most studies have a frontal view (PA or AP), many also a
   lateral, a few two frontals, a few a lateral only;
+- studies are dated (the ``Study Date`` column, the phantom's one addition to CheXpert's
+  columns; see :func:`study_dates`): a patient re-imaged while the effusion state holds
+  was seen days later, one whose effusion changed months later, so studies close in time
+  share their labels more often than distant ones;
 - distractors with their labels: cardiomegaly (correlated with effusion, as in heart
   failure), mediastinal widening, perihilar edema, consolidation, nodules, plate
   atelectasis, pneumothorax, pleural thickening, rib fractures, support devices (tubes,
@@ -23,15 +27,18 @@ The generative model carries the structure MedAug relies on:
   the valid and test splits carry clean 0/1 labels (CheXpert's radiologist consensus).
 
 Everything is drawn with vectorised numpy on a coordinate grid; each patient has its own
-seeded generator, so the output is byte-identical for a seed whatever the number of
-worker processes.
+seeded generator (and a second one for the dates, so that dating the studies changed no
+other draw), so the output is byte-identical for a seed whatever the number of worker
+processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
+import numbers
 import os
 import shutil
 import time
@@ -40,18 +47,23 @@ from pathlib import Path
 
 import numpy as np
 
+from medaug.data.chexpert import STUDY_DATE_COLUMN
 from medaug.data.schema import OBSERVATIONS
 from medaug.data.workers import pool_context, usable_cpus
 from medaug.errors import MedaugError
 
-# CheXpert's CSV columns, in order.
+# CheXpert's CSV columns, in order; the phantom's CSVs add the study's date after them.
 CSV_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA") + OBSERVATIONS
+WRITTEN_COLUMNS: tuple[str, ...] = CSV_COLUMNS + (STUDY_DATE_COLUMN,)
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 # Bumped whenever the generative model changes, so a stored phantom is never mistaken for
 # the output of different code.
 VERSION = 1
+# Bumped whenever the files written change while the draws stay the same (2: study dates),
+# so a stored phantom of an older layout is regenerated rather than reused.
+LAYOUT = 2
 
 # Effusion: latent states none / small / moderate / large, their severity ranges, and the
 # Markov chain over studies.  A patient's propensity rho mixes a "healthy" and a "sick"
@@ -80,6 +92,16 @@ _MEAN_PROPENSITY = 1.2 / (1.2 + 2.2)  # of the Beta(1.2, 2.2) patients draw
 CARDIOMEGALY_THRESHOLD = 0.52  # cardiothoracic ratio
 EDEMA_THRESHOLD = 0.5
 MEDIASTINUM_THRESHOLD = 1.18  # mediastinal width relative to normal
+
+# Study dates (days since 1970-01-01): CheXpert's films span October 2002 to July 2017.  The
+# gap after a study is exponential, short when the effusion state holds and long when it
+# changes, on top of the years the model lets pass between some studies.
+EPOCH = datetime.date(1970, 1, 1)
+FIRST_DAY = (datetime.date(2002, 10, 1) - EPOCH).days
+LAST_DAY = (datetime.date(2017, 7, 31) - EPOCH).days
+GAP_DAYS_KEPT = 4.0  # mean gap when the effusion state is unchanged (the same admission)
+GAP_DAYS_CHANGED = 120.0  # mean gap when it changed
+_DATE_STREAM = 0xDA7E  # keeps the date generator's seed apart from the patient generator's
 
 
 @dataclass(frozen=True)
@@ -141,16 +163,19 @@ class PhantomStyle:
             ("study_stop", self.study_stop, 0.05, 1.0),
         )
         for name, value, low, high in checks:
-            if not low <= value <= high:
-                raise MedaugError(f"phantom style {name} must be in [{low}, {high}], got {value}")
-        views = tuple(float(v) for v in self.views)
+            if not _is_number(value) or not low <= value <= high:
+                raise MedaugError(
+                    f"phantom style {name} must be a number in [{low}, {high}], got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
+        views = _shares(self.views)
         if len(views) != 4 or min(views) < 0 or abs(sum(views) - 1.0) > 1e-6:
             raise MedaugError(
                 "phantom style views must be four shares (one frontal, frontal + lateral, two "
                 f"frontals, lateral only) summing to 1, got {self.views}"
             )
         object.__setattr__(self, "views", views)
-        shares = tuple(float(v) for v in self.split_shares)
+        shares = _shares(self.split_shares)
         if len(shares) != 3 or min(shares) <= 0 or abs(sum(shares) - 1.0) > 1e-6:
             raise MedaugError(
                 "phantom style split_shares must be three positive shares (train, valid, test) "
@@ -161,6 +186,18 @@ class PhantomStyle:
     def to_dict(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
                 for f in dataclasses.fields(self)}
+
+
+def _is_number(value: object) -> bool:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return real and math.isfinite(value)
+
+
+def _shares(values: object) -> tuple[float, ...]:
+    """A sequence of numbers as floats; anything else as () (which the callers refuse)."""
+    if not isinstance(values, (list, tuple)) or not all(_is_number(v) for v in values):
+        return ()
+    return tuple(float(v) for v in values)
 
 
 DEFAULT_STYLE = PhantomStyle()
@@ -177,10 +214,18 @@ def resolve_style(style: PhantomStyle | str | dict | None) -> PhantomStyle:
         return style
     if isinstance(style, str):
         if style not in STYLES:
-            raise MedaugError(f"unknown phantom style {style!r}; valid: {', '.join(STYLES)}")
+            raise MedaugError(
+                f"unknown phantom style {style!r}; valid: {', '.join(STYLES)}, or a mapping of "
+                "its fields"
+            )
         return STYLES[style]
+    if not isinstance(style, dict):
+        raise MedaugError(
+            f"a phantom style is a name ({', '.join(STYLES)}) or a mapping of its fields, "
+            f"got {style!r}"
+        )
     names = {f.name for f in dataclasses.fields(PhantomStyle)}
-    unknown = sorted(set(style) - names)
+    unknown = sorted(str(k) for k in set(style) - names)
     if unknown:
         raise MedaugError(
             f"unknown phantom style field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
@@ -395,6 +440,46 @@ def _sample_studies(
             )
         )
     return studies
+
+
+def study_dates(seed: int, index: int, studies: list[Study]) -> list[int]:
+    """The dates of a patient's studies, in days since 1970-01-01 (strictly increasing).
+
+    The gap between consecutive studies k-1 and k is the years the model let pass between
+    them (``Study.age``; most follow-ups have none) plus an exponential number of days with
+    mean ``GAP_DAYS_KEPT`` (4) when the effusion state is the same in both (a patient
+    re-imaged during one admission) or ``GAP_DAYS_CHANGED`` (120) when it changed, rounded up
+    to whole days (at least 1).  The patient's sequence starts at a uniform day such that it
+    fits between October 2002 and July 2017 (CheXpert's span), or at its start when longer.
+    So pairs of a patient's studies at most 30 days apart share their effusion label more
+    often than pairs further apart (about 0.89 against 0.60 on the latent state).
+
+    The draws come from a generator of their own, seeded by (seed, index), so adding dates
+    changed none of the images or labels.
+
+    Args:
+        seed: the dataset seed.
+        index: the patient's index.
+        studies: the patient's studies, in order.
+
+    Returns:
+        One whole day per study.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([VERSION, seed, index, _DATE_STREAM]))
+    gaps = []
+    for before, after in zip(studies, studies[1:]):
+        kept = after.effusion_state == before.effusion_state
+        mean = GAP_DAYS_KEPT if kept else GAP_DAYS_CHANGED
+        days = 365.25 * (after.age - before.age) + float(rng.exponential(mean))
+        gaps.append(max(1, math.ceil(days)))
+    span = sum(gaps)
+    start = FIRST_DAY + int(rng.integers(0, max(0, LAST_DAY - FIRST_DAY - span) + 1))
+    return [start + int(d) for d in np.cumsum([0] + gaps)]
+
+
+def iso_date(day: int) -> str:
+    """Days since 1970-01-01 -> "YYYY-MM-DD"."""
+    return (EPOCH + datetime.timedelta(days=int(day))).isoformat()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -917,9 +1002,10 @@ def _generate_patient(task: tuple[int, int, str, int, Path, int, PhantomStyle]) 
     rng = _patient_rng(seed, index)
     patient = _sample_patient(rng, style)
     studies = _sample_studies(rng, patient, style)
+    dates = study_dates(seed, index, studies)
     rows = []
     clean = split != "train"
-    for study in studies:
+    for study, day in zip(studies, dates):
         labels = study_labels(patient, study, rng, clean)
         age = int(round(min(study.age, 90.0)))  # CheXpert reports ages up to 90
         for view_no, projection in enumerate(study.views, start=1):
@@ -933,7 +1019,9 @@ def _generate_patient(task: tuple[int, int, str, int, Path, int, PhantomStyle]) 
                 kind, ap_pa = "frontal", projection
             rel = f"{split}/patient{number:05d}/study{study.index + 1}/view{view_no}_{kind}.jpg"
             _encode_jpeg(pixels, out / rel)
-            rows.append([rel, patient.sex, age, kind.capitalize(), ap_pa, *labels])
+            rows.append(
+                [rel, patient.sex, age, kind.capitalize(), ap_pa, *labels, iso_date(day)]
+            )
     return rows
 
 
@@ -959,14 +1047,15 @@ def assign_splits(
 
 
 def _write_csv(path: Path, rows: list[list]) -> None:
-    """CheXpert-style CSV: labels as 1.0/0.0/-1.0, blanks empty (byte-stable formatting)."""
+    """CheXpert-style CSV (``WRITTEN_COLUMNS``): labels as 1.0/0.0/-1.0, blanks empty, dates
+    YYYY-MM-DD (byte-stable formatting)."""
 
     def cell(v) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.1f}"
         return str(v)
 
-    lines = [",".join(CSV_COLUMNS)] + [",".join(cell(v) for v in row) for row in rows]
+    lines = [",".join(WRITTEN_COLUMNS)] + [",".join(cell(v) for v in row) for row in rows]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -992,7 +1081,8 @@ def make_phantom(
 ) -> dict:
     """Generate the phantom dataset under ``out`` in CheXpert's layout.
 
-    Writes ``out/{train,valid,test}.csv`` (CheXpert's columns, paths relative to ``out``),
+    Writes ``out/{train,valid,test}.csv`` (CheXpert's columns, paths relative to ``out``, and
+    each study's date in ``Study Date``),
     the JPEGs under ``out/{split}/patientNNNNN/studyK/viewJ_{frontal,lateral}.jpg`` (width
     ``image_size``, height 1.0-1.25 x that) and ``out/phantom.json`` (parameters and the
     summary).  A directory already holding the phantom of the same parameters is reused as
@@ -1019,8 +1109,9 @@ def make_phantom(
     if image_size < 16:
         raise MedaugError(f"phantom image size must be at least 16 pixels, got {image_size}")
     style = resolve_style(style)
-    params = {"version": VERSION, "n_patients": n_patients, "image_size": image_size, "seed": seed}
-    if style != DEFAULT_STYLE:  # the original phantom keeps its original manifest
+    params = {"version": VERSION, "layout": LAYOUT, "n_patients": n_patients,
+              "image_size": image_size, "seed": seed}
+    if style != DEFAULT_STYLE:  # the original style is the style-less call's: not recorded
         params["style"] = style.to_dict()
     manifest = out / MANIFEST
     if manifest.exists():

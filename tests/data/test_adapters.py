@@ -152,17 +152,23 @@ def test_chexpert_optional_columns(tmp_path):
     assert table["sex"].isna().all() and table["age"].isna().all()
 
 
+def _chexpert_csv(path: Path, columns: str, rows: list[str]) -> Path:
+    """A CheXpert CSV: ``columns``, then the 14 observations; each row ends with its first
+    observation's value (or nothing), the other 13 are blank."""
+    blanks = "," * (len(OBSERVATIONS) - 1)
+    lines = [f"{columns},{','.join(OBSERVATIONS)}"] + [row + blanks for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_chexpert_short_paths_and_blank_view(tmp_path):
     """Paths with a short prefix (the phantom's ``train/patient.../...``) or none at all."""
-    header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(OBSERVATIONS)
-    blanks = "," * (len(OBSERVATIONS) - 1)
-    (tmp_path / "train.csv").write_text(
-        f"{header}\n"
-        f"train/patient00001/study1/view1_frontal.jpg,Male,30,,PA,1.0{blanks}\n"
-        f"train/patient00001/study1/view2_lateral.jpg,Male,30,,,{blanks}\n"
-        f"patient00002/study10/view1_frontal.jpg,Female,40,Frontal,AP,{blanks}\n"
-    )
-    table = load_table("chexpert", tmp_path / "train.csv")
+    csv = _chexpert_csv(tmp_path / "train.csv", "Path,Sex,Age,Frontal/Lateral,AP/PA", [
+        "train/patient00001/study1/view1_frontal.jpg,Male,30,,PA,1.0",
+        "train/patient00001/study1/view2_lateral.jpg,Male,30,,,",
+        "patient00002/study10/view1_frontal.jpg,Female,40,Frontal,AP,",
+    ])
+    table = load_table("chexpert", csv)
     assert _ids(table) == [
         ("train/patient00001/study1/view1_frontal.jpg",) * 2
         + ("patient00001", "patient00001/study1", "frontal", "PA", "train"),
@@ -171,6 +177,28 @@ def test_chexpert_short_paths_and_blank_view(tmp_path):
         ("patient00002/study10/view1_frontal.jpg",) * 2
         + ("patient00002", "patient00002/study10", "frontal", "AP", "train"),
     ]
+
+
+def test_chexpert_study_date_column(tmp_path):
+    """The phantom's optional ``Study Date`` (YYYYMMDD or ISO) fills study_days, the earliest
+    of a study's images; CheXpert's own files have none (test_chexpert_train_rows)."""
+    csv = _chexpert_csv(tmp_path / "train.csv", "Path,Frontal/Lateral,AP/PA,Study Date", [
+        "train/patient00001/study1/view1_frontal.jpg,Frontal,PA,2005-03-01,",
+        "train/patient00001/study1/view2_lateral.jpg,Lateral,,20050302,",
+        "train/patient00001/study2/view1_frontal.jpg,Frontal,AP,2005-04-01,",
+        "train/patient00002/study1/view1_frontal.jpg,Frontal,AP,,",
+    ])
+    table = load_table("chexpert", csv)
+    first, later = _days(dt.date(2005, 3, 1)), _days(dt.date(2005, 4, 1))
+    assert later - first == 31
+    assert table["study_days"].tolist()[:3] == [first, first, later]
+    assert np.isnan(table["study_days"].iat[3])  # a blank date: unknown
+    assert table["study_order"].tolist() == [1.0, 1.0, 2.0, 1.0]
+    csv.write_text(csv.read_text().replace("2005-04-01", "April 1st"))
+    with pytest.raises(MedaugError) as err:
+        load_table("chexpert", csv)
+    assert "column 'Study Date' has 1 value(s) that are not YYYYMMDD or ISO dates, e.g. " \
+        "['April 1st']" in _one_line(err)
 
 
 def test_resolve_root(chexpert_copy):

@@ -1,8 +1,11 @@
-"""The phantom dataset: determinism, CheXpert layout, label and structure invariants, signal."""
+"""The phantom dataset: determinism, CheXpert layout, label and structure invariants, study
+dates, the style's knobs, signal."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import itertools
 import json
 import re
 from pathlib import Path
@@ -80,9 +83,11 @@ def test_csvs_have_chexperts_exact_columns_and_paths(dataset):
     out, _ = dataset
     for split in ("train", "valid", "test"):
         header = (out / f"{split}.csv").read_text().splitlines()[0]
-        assert header.split(",") == list(phantom.CSV_COLUMNS)
+        # CheXpert's columns, in CheXpert's order, then the phantom's one addition.
+        assert header.split(",") == list(phantom.CSV_COLUMNS) + ["Study Date"]
     assert phantom.CSV_COLUMNS[:5] == ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
     assert phantom.CSV_COLUMNS[5:] == OBSERVATIONS
+    assert phantom.WRITTEN_COLUMNS == phantom.CSV_COLUMNS + ("Study Date",)
     df = _read(out)
     for path, split, kind, ap_pa in zip(df["Path"], df["split"], df["Frontal/Lateral"], df["AP/PA"]):
         m = PATH_RE.match(path)
@@ -238,6 +243,180 @@ def test_clean_labels_are_the_thresholded_latent_state():
 
 
 # ---------------------------------------------------------------------------------------------
+# Study dates
+
+
+def _day(iso: str) -> int:
+    return (datetime.date.fromisoformat(iso) - datetime.date(1970, 1, 1)).days
+
+
+def test_study_dates_one_per_study_increasing_within_a_patient(dataset):
+    out, _ = dataset
+    df = _read(out)
+    assert df["Study Date"].str.fullmatch(r"\d{4}-\d{2}-\d{2}").all()
+    assert (df.groupby("study")["Study Date"].nunique() == 1).all()
+    per_study = df.groupby("study").agg(patient=("patient", "first"), date=("Study Date", "first"))
+    per_study["number"] = per_study.index.str.split("/").str[1].astype(int)
+    per_study["day"] = per_study["date"].map(_day)
+    for patient, g in per_study.sort_values("number").groupby("patient"):
+        assert (np.diff(g["day"].to_numpy()) >= 1).all(), patient  # in study order, one day on
+    assert per_study["day"].min() >= _day("2002-10-01")
+    # Patients start on different days.
+    first = per_study.sort_values("number").groupby("patient")["day"].first()
+    assert first.nunique() > 0.9 * len(first)
+
+
+def test_study_dates_follow_the_years_between_studies_and_the_effusion_state():
+    """The gap between consecutive studies: the model's years between them plus an
+    exponential number of days, mean 4 when the effusion state holds, 120 when it changed
+    (rounded up: the mean of ceil(Exp(m)) is 1 / (1 - exp(-1 / m)))."""
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+    for i, (_, studies, _) in enumerate(_latent(1500, seed=4)):
+        days = phantom.study_dates(4, i, studies)
+        assert len(days) == len(studies) and days == sorted(set(days))
+        assert days[0] >= phantom.FIRST_DAY
+        if days[-1] - days[0] <= phantom.LAST_DAY - phantom.FIRST_DAY:
+            assert days[-1] <= phantom.LAST_DAY  # the sequence fits CheXpert's span
+        assert days == phantom.study_dates(4, i, studies)  # seeded
+        for (a, da), (b, db) in zip(zip(studies, days), zip(studies[1:], days[1:])):
+            years = 365.25 * (b.age - a.age)
+            assert db - da >= years
+            if years == 0:
+                gaps[a.effusion_state == b.effusion_state].append(db - da)
+    for kept, mean in ((True, 4.0), (False, 120.0)):
+        g = np.array(gaps[kept])
+        expected = 1 / (1 - np.exp(-1 / mean))
+        assert len(g) > 200
+        assert abs(g.mean() - expected) < 4 * expected / np.sqrt(len(g)), (kept, g.mean())
+
+
+def test_studies_within_30_days_share_the_effusion_label_more_often():
+    """What makes ``within: {study_days: 30}`` meaningful on the phantom."""
+    shared = {True: [], False: []}  # within 30 days -> same effusion label, per study pair
+    for i, (_, studies, _) in enumerate(_latent(1500, seed=5)):
+        days = phantom.study_dates(5, i, studies)
+        positive = [max(s.effusion) > phantom.EFFUSION_THRESHOLD for s in studies]
+        for a, b in itertools.combinations(range(len(studies)), 2):
+            shared[days[b] - days[a] <= 30].append(positive[a] == positive[b])
+    near, far = np.mean(shared[True]), np.mean(shared[False])
+    assert len(shared[True]) > 1000 and len(shared[False]) > 1000
+    assert near > 0.8 and far < 0.7 and near > far + 0.2  # about 0.89 against 0.60
+
+
+def test_the_chexpert_adapter_fills_study_days_from_the_phantom(dataset, tmp_path):
+    out, _ = dataset
+    table = load_table("chexpert", out / "train.csv", include_siblings=True)
+    df = _read(out).set_index("Path")
+    expected = df.loc[table["path"], "Study Date"].map(_day).to_numpy(dtype=np.float64)
+    assert np.array_equal(table["study_days"].to_numpy(), expected)
+    number = table["study_id"].str.rsplit("study", n=1).str[1].astype(float)
+    assert np.array_equal(table["study_order"].to_numpy(), number.to_numpy())  # as before
+    # The same CSV without the phantom's column: CheXpert's own layout, no dates.
+    plain = tmp_path / "train.csv"
+    pd.read_csv(out / "train.csv", dtype=str).drop(columns=["Study Date"]).to_csv(plain, index=False)
+    without = load_table("chexpert", plain)
+    assert without["study_days"].isna().all()
+    with_dates = table[table["split"] == "train"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        without.drop(columns=["study_days"]), with_dates.drop(columns=["study_days"]),
+        check_dtype=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The style's knobs
+
+
+def _styled(style: dict, n: int = 1000, seed: int = 0) -> list[list]:
+    resolved = phantom.resolve_style(style)
+    out = []
+    for i in range(n):
+        rng = phantom._patient_rng(seed, i)
+        out.append(phantom._sample_studies(rng, phantom._sample_patient(rng, resolved), resolved))
+    return out
+
+
+@pytest.mark.parametrize(
+    "style, message",
+    [
+        ("nope", "unknown phantom style 'nope'; valid: original"),
+        ({"study_stp": 0.2}, r"unknown phantom style field\(s\) study_stp; valid: anatomy_spread"),
+        ({"study_stop": 0.01}, r"study_stop must be a number in \[0.05, 1.0\], got 0.01"),
+        ({"marker": "often"}, r"marker must be a number in \[0.0, 1.0\], got 'often'"),
+        ({"noise": True}, "noise must be a number"),
+        ({"views": [0.5, 0.5]}, "views must be four shares"),
+        ({"views": [0.5, 0.5, 0.5, -0.5]}, "views must be four shares"),
+        ({"views": 0.5}, "views must be four shares"),
+        ({"split_shares": [1.0, 0.0, 0.0]}, "split_shares must be three positive shares"),
+        (3, "a phantom style is a name"),
+    ],
+)
+def test_style_errors(style, message):
+    with pytest.raises(MedaugError, match=message) as err:
+        phantom.resolve_style(style)
+    assert "\n" not in str(err.value)
+
+
+def test_the_default_style_is_the_style_less_phantom(tmp_path):
+    kwargs = {"image_size": 32, "seed": 2, "workers": 1, "progress": False}
+    base = phantom.make_phantom(tmp_path / "none", 6, **kwargs)
+    files = _files(tmp_path / "none")
+    params = json.loads((tmp_path / "none" / phantom.MANIFEST).read_text())["params"]
+    assert "style" not in params
+    for name, style in (("named", "original"), ("empty", {}), ("object", phantom.PhantomStyle()),
+                        ("fields", phantom.DEFAULT_STYLE.to_dict())):
+        summary = phantom.make_phantom(tmp_path / name, 6, style=style, **kwargs)
+        assert _files(tmp_path / name) == files, name
+        assert {k: v for k, v in summary.items() if k not in ("out", "seconds")} == {
+            k: v for k, v in base.items() if k not in ("out", "seconds")
+        }
+        assert json.loads((tmp_path / name / phantom.MANIFEST).read_text())["params"] == params
+    # Another style is recorded, and the directory is regenerated rather than reused.
+    styled = phantom.make_phantom(tmp_path / "none", 6, style={"views": [0, 0, 0, 1]}, **kwargs)
+    manifest = json.loads((tmp_path / "none" / phantom.MANIFEST).read_text())
+    assert manifest["params"]["style"]["views"] == [0.0, 0.0, 0.0, 1.0]
+    assert sum(styled["frontal"].values()) == 0 and sum(base["frontal"].values()) > 0
+
+
+def test_a_lower_study_stop_gives_more_studies_per_patient():
+    """Studies per patient: min(Geometric(p), 12), mean (1 - (1 - p)^12) / p."""
+    means = {}
+    for stop in (0.36, 0.2):
+        counts = np.array([len(s) for s in _styled({"study_stop": stop})])
+        expected = (1 - (1 - stop) ** 12) / stop
+        assert abs(counts.mean() - expected) < 4 * counts.std() / np.sqrt(len(counts)), stop
+        assert counts.max() <= 12
+        means[stop] = counts.mean()
+    assert means[0.2] > means[0.36] + 1.5
+
+
+def test_effusion_mixing_makes_the_label_change_more_often_between_studies():
+    def changes(mixing: float) -> float:
+        flips = []
+        for studies in _styled({"effusion_mixing": mixing}):
+            positive = [max(s.effusion) > phantom.EFFUSION_THRESHOLD for s in studies]
+            flips += [a != b for a, b in zip(positive, positive[1:])]
+        return float(np.mean(flips))
+
+    persistent, mixed = changes(0.0), changes(1.0)
+    assert mixed > persistent + 0.08  # about 0.38 against 0.24
+
+
+@pytest.mark.parametrize("views", [(0.58, 0.30, 0.07, 0.05), (0.2, 0.5, 0.2, 0.1), (1, 0, 0, 0)])
+def test_view_shares_set_the_kinds_of_studies(views):
+    counts = dict.fromkeys(("frontal_only", "with_lateral", "two_frontals", "lateral_only"), 0)
+    for studies in _styled({"views": list(views)}):
+        for s in studies:
+            frontal = sum(v != "LATERAL" for v in s.views)
+            kind = ("lateral_only" if not frontal else "two_frontals" if frontal > 1
+                    else "with_lateral" if len(s.views) > frontal else "frontal_only")
+            counts[kind] += 1
+    n = sum(counts.values())
+    for share, count in zip(views, counts.values()):
+        assert abs(count / n - share) < 4 * np.sqrt(share * (1 - share) / n) + 1e-9, counts
+
+
+# ---------------------------------------------------------------------------------------------
 # The signal is really drawn
 
 
@@ -360,6 +539,47 @@ def test_phantom_command_prints_the_summary_and_next_step(tmp_path, capsys):
     assert f"medaug data cache --dataset chexpert --csv {out / 'train.csv'}" in text
     assert re.search(r"^total\s+6\s", text, re.M)
     assert main(["data", "phantom", str(tmp_path / "y"), "--patients", "0", "--quiet"]) == 2
+
+
+def test_phantom_command_style(tmp_path, capsys):
+    argv = ["data", "phantom", "--patients", "8", "--image-size", "24", "--seed", "1",
+            "--workers", "1", "--quiet"]
+    styled = tmp_path / "styled"
+    assert main(argv + [str(styled), "--style", "{study_stop: 0.5, marker: 0.2}",
+                        "--style-set", "views=[1, 0, 0, 0]", "study_stop=0.25"]) == 0
+    text = capsys.readouterr().out
+    # --style-set applies on top of --style; the summary names what differs from the original.
+    assert "style: marker=0.2, views=[1.0, 0.0, 0.0, 0.0], study_stop=0.25\n" in text
+    params = json.loads((styled / phantom.MANIFEST).read_text())["params"]
+    expected = phantom.PhantomStyle(marker=0.2, views=(1, 0, 0, 0), study_stop=0.25)
+    assert params["style"] == expected.to_dict()
+    assert re.search(r"^total\s+8\s+\d+\s+\d+\s+\d+\s+0\s", text, re.M)  # no lateral films
+    # The original style by name: the style-less phantom, and no style line.
+    assert main(argv + [str(tmp_path / "named"), "--style", "original"]) == 0
+    assert main(argv + [str(tmp_path / "plain")]) == 0
+    assert "style:" not in capsys.readouterr().out
+    assert _files(tmp_path / "named") == _files(tmp_path / "plain")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--style", "nope"], "unknown phantom style 'nope'"),
+        (["--style", "{study_stp: 1}"], r"unknown phantom style field\(s\) study_stp"),
+        (["--style", "{study_stop: [1"], r"--style '\{study_stop: \[1' is not a name or a YAML mapping"),
+        (["--style", "[1, 2]"], "--style must be a style name or a mapping of its fields"),
+        (["--style-set", "study_stop"], "--style-set 'study_stop' must look like FIELD=VALUE"),
+        (["--style-set", "study_stop=5"], r"study_stop must be a number in \[0.05, 1.0\], got 5"),
+        (["--style-set", "marker=often"], "marker must be a number .* got 'often'"),
+        (["--style-set", "views=[0.5, 0.5]"], "views must be four shares"),
+    ],
+)
+def test_phantom_command_style_errors(tmp_path, capsys, options, message):
+    out = tmp_path / "never"
+    assert main(["data", "phantom", str(out), "--patients", "3", "--quiet", *options]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not out.exists()  # refused before any work
 
 
 def test_plot_samples_writes_a_figure(dataset, tmp_path):
