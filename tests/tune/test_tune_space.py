@@ -173,9 +173,13 @@ def test_metadata_criteria_sweeps(weights):
         "appended_by_sex": ("patient_same_study", "appended", "sex"),
         "appended_by_age_band": ("patient_same_study", "appended", "age_band"),
     }
-    for sweep in (
-        _sweep("metadata_criteria", weights),
-        load_sweep("metadata_criteria_phantom", output="/tmp/mc-out"),
+    # The phantom's studies are dated: its sweep adds pairs of studies at most 30 days apart.
+    dated = {"distinct_studies_30_days": (
+        "same=patient_id distinct=study_id within=study_days<=30", "default", "view"
+    )}
+    for sweep, extra in (
+        (_sweep("metadata_criteria", weights), {}),
+        (load_sweep("metadata_criteria_phantom", output="/tmp/mc-out"), dated),
     ):
         got = {
             t.params["variant"]: (
@@ -186,7 +190,7 @@ def test_metadata_criteria_sweeps(weights):
             for t, c in _resolved(sweep)
             if not t.baseline
         }
-        assert got == expected
+        assert got == {**expected, **extra}
 
 
 def test_trial_params_name_criteria_readably(weights):
