@@ -202,7 +202,23 @@ def _shares(values: object) -> tuple[float, ...]:
 
 DEFAULT_STYLE = PhantomStyle()
 # Named styles (``medaug data phantom --style NAME``).
-STYLES: dict[str, PhantomStyle] = {"original": DEFAULT_STYLE}
+STYLES: dict[str, PhantomStyle] = {
+    "original": DEFAULT_STYLE,
+    # The positive control's phantom (``medaug demo --control``): strong per-film nuisance
+    # (exposure, noise level, positioning, side markers) that pairs of one film share and pairs
+    # of two films do not, more lateral and two-frontal studies, about six studies per patient
+    # whose effusion changes more often between studies than in the original.
+    "positive_control": PhantomStyle(
+        anatomy_spread=1.0,
+        exposure_jitter=0.15,
+        noise_spread=0.5,
+        pose_jitter=2.0,
+        marker=0.5,
+        views=(0.3, 0.2, 0.45, 0.05),
+        effusion_mixing=0.7,
+        study_stop=0.16,
+    ),
+}
 
 
 def resolve_style(style: PhantomStyle | str | dict | None) -> PhantomStyle:

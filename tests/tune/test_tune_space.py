@@ -256,6 +256,24 @@ def test_demo_is_a_real_comparison():
     assert cfg.data.csv.startswith("/tmp/demo-out/")
 
 
+def test_positive_control_runs_the_paper_criteria_long_enough_to_learn():
+    """``medaug demo --control``: the phantom_paper sweep on a positive_control phantom."""
+    from medaug.commands.demo import CONTROL
+    from medaug.data.phantom import DEFAULT_STYLE, resolve_style
+
+    assert CONTROL.sweep == "phantom_paper" and "patient_distinct_studies" in CONTROL.also_against
+    style = resolve_style(CONTROL.style)
+    assert style != DEFAULT_STYLE and style.exposure_jitter > DEFAULT_STYLE.exposure_jitter
+    sweep = load_sweep(CONTROL.sweep, output="/tmp/control-out")
+    configs = [sweep.resolve(t.params) for t in sweep.grid_trials() if not t.baseline]
+    assert [c.pretrain.criterion for c in configs] == [
+        "instance", "patient_same_study", "patient_distinct_studies", "patient_all_studies",
+        "patient_all_studies_same_label",
+    ]
+    assert all(c.pretrain.epochs == 20 and c.moco.queue_size == 1024 for c in configs)
+    assert [t.params for t in sweep.grid_trials() if t.baseline] == [{"baseline": "random"}]
+
+
 def test_paper_tables_need_weights_but_smoke_does_not():
     with pytest.raises(MedaugError, match="pretrain.weights"):
         load_sweep("table1")
