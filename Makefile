@@ -19,7 +19,7 @@ env: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medaug demo --output $(OUT)
 
-# The positive control: the paper's orderings on the phantom (about 40 minutes on 2 CPUs).
+# The positive control: the paper's orderings on the phantom (about 45 minutes on 2 CPUs).
 control: $(STAMP)
 	$(BIN)/medaug demo --control --output runs/phantom_paper
 

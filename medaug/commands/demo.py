@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--control", action="store_true",
-        help="the positive control (sweeps/phantom_paper.yaml, about 40 minutes on 2 CPUs)",
+        help="the positive control (sweeps/phantom_paper.yaml, about 45 minutes on 2 CPUs)",
     )
     parser.add_argument(
         "--patients", type=int, default=None,
@@ -91,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"phantom data: {data}")
     if not args.control:
         print("At two epochs the demo shows the machinery, not an effect; the paper's orderings "
-              "with their intervals: make control (medaug demo --control, about 40 minutes)")
+              "with their intervals: make control (medaug demo --control, about 45 minutes)")
     failed = int((table.rows["status"] == "FAILED").sum()) if len(table.rows) else 0
     return 1 if failed else 0
