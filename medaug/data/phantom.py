@@ -206,8 +206,8 @@ STYLES: dict[str, PhantomStyle] = {
     "original": DEFAULT_STYLE,
     # The positive control's phantom (``medaug demo --control``): strong per-film nuisance
     # (exposure, noise level, positioning, side markers) that pairs of one film share and pairs
-    # of two films do not, more lateral and two-frontal studies, about six studies per patient
-    # whose effusion changes more often between studies than in the original.
+    # of two films do not, more studies with two films (mostly two frontals), about six studies
+    # per patient whose effusion changes more often between studies than in the original.
     "positive_control": PhantomStyle(
         anatomy_spread=1.0,
         exposure_jitter=0.15,
