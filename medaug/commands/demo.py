@@ -85,9 +85,11 @@ def run(args: argparse.Namespace) -> int:
         setup.sweep, output, resume=resume, overrides=args.set, progress=not args.quiet,
         num_cpus=args.num_cpus,
     )
+    criteria = set(table.rows["criterion"]) if len(table.rows) else set()
     for row in setup.also_against:
-        print()
-        print(sweep_table(output, baseline=row).to_markdown())
+        if row in criteria:  # not when --set dropped it from the sweep
+            print()
+            print(sweep_table(output, baseline=row).to_markdown())
     print(f"phantom data: {data}")
     if not args.control:
         print("At two epochs the demo shows the machinery, not an effect; the paper's orderings "
