@@ -88,7 +88,9 @@ _CHAIN_SICK = np.array(
         [0.05, 0.10, 0.35, 0.50],
     ]
 )
-_MEAN_PROPENSITY = 1.2 / (1.2 + 2.2)  # of the Beta(1.2, 2.2) patients draw
+# Patients draw their propensity from Beta(a, b); its mean anchors the decoupled chain.
+_PROPENSITY_BETA = (1.2, 2.2)
+_MEAN_PROPENSITY = _PROPENSITY_BETA[0] / sum(_PROPENSITY_BETA)
 CARDIOMEGALY_THRESHOLD = 0.52  # cardiothoracic ratio
 EDEMA_THRESHOLD = 0.5
 MEDIASTINUM_THRESHOLD = 1.18  # mediastinal width relative to normal
@@ -318,7 +320,7 @@ def _sample_patient(rng: np.random.Generator, style: PhantomStyle = DEFAULT_STYL
     sex = "Male" if rng.random() < 0.56 else "Female"
     male = sex == "Male"
     age = float(np.clip(rng.normal(61.0, 17.0), 18.0, 90.0))
-    rho = float(rng.beta(1.2, 2.2))
+    rho = float(rng.beta(*_PROPENSITY_BETA))
     nodules = []
     if rng.random() < 0.07:
         for _ in range(1 + int(rng.random() < 0.3)):
@@ -381,9 +383,7 @@ def _sample_studies(
     n = int(min(rng.geometric(style.study_stop), 12))  # CheXpert: about 2.9 studies per patient
     rho = p.propensity
     # The effusion chain's own propensity: the patient's, pulled towards the population mean.
-    r = rho if style.effusion_coupling == 1.0 else (
-        style.effusion_coupling * rho + (1 - style.effusion_coupling) * _MEAN_PROPENSITY
-    )
+    r = style.effusion_coupling * rho + (1 - style.effusion_coupling) * _MEAN_PROPENSITY
     chain = (1 - r) * _CHAIN_HEALTHY + r * _CHAIN_SICK
     start = (1 - r) * _START_HEALTHY + r * _START_SICK
     if style.effusion_mixing:
@@ -713,7 +713,10 @@ def _grid(width: int, height: int, size: int, p: Patient, rng: np.random.Generat
 
 def _to_pixels(atten: np.ndarray, p: Patient, rng: np.random.Generator,
                style: PhantomStyle = DEFAULT_STYLE) -> np.ndarray:
-    """Attenuation -> film brightness in uint8 (bright = dense), with exposure and noise."""
+    """Attenuation -> film brightness in uint8 (bright = dense), with the film's side marker
+    (``style.marker``), exposure and noise."""
+    if style.marker and rng.random() < style.marker:
+        atten = atten + _marker(*atten.shape, rng)
     jitter = style.exposure_jitter
     # Clipped so that a wide jitter never inverts the film (no effect at the default 0.03).
     gain = p.gain * max(float(rng.normal(1.0, jitter)), 0.3)
@@ -897,8 +900,6 @@ def render_frontal(
         atten += 0.2 * _soft(0.03 - np.abs(rim), edge) * _soft(y + 0.3, 0.05) * envelope
 
     atten += _draw_devices(x, y, s, edge, dia)
-    if style.marker and rng.random() < style.marker:
-        atten += _marker(height, width, rng)
     return _to_pixels(atten, p, rng, style)
 
 
@@ -985,8 +986,6 @@ def render_lateral(
         atten += 0.4 * _tube(x, y, pts, 0.01, edge)
     if rng.random() < 0.5:  # gastric air
         atten -= 0.25 * _ellipse(x, y, cx - 0.1, dia + 0.25, 0.1, 0.06, 0.02)
-    if style.marker and rng.random() < style.marker:
-        atten += _marker(height, width, rng)
     return _to_pixels(atten, p, rng, style)
 
 
